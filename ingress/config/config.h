@@ -1,0 +1,104 @@
+/* sandgate's settings: one immutable snapshot built from the embedded
+ * default, an optional YAML file and command-line flags (flags win).
+ *
+ * Ownership: `sg_config_load` returns a snapshot with one reference; workers
+ * that keep it across callbacks take their own with `sg_config_ref` and drop
+ * it with `sg_config_unref`. A snapshot is never modified after load. */
+#ifndef SG_CONFIG_CONFIG_H
+#define SG_CONFIG_CONFIG_H
+
+#include <netinet/in.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#define SG_SANDBOX_ID_MAX 64
+
+typedef struct {
+    char text[64];                /* as written, e.g. "127.0.0.1:8080" or "[::1]:8080" */
+    struct sockaddr_storage addr; /* parsed */
+    int tls;                      /* 1 for --listen-tls / `tls: true` (TLS issue) */
+} sg_listen_conf_t;
+
+typedef struct {
+    char id[SG_SANDBOX_ID_MAX + 1];
+    struct sockaddr_storage addr; /* port left 0; the request picks it */
+    char *mask;                   /* Host template with ${PORT}, or NULL for "keep Host" */
+} sg_sandbox_conf_t;
+
+typedef struct {
+    uint64_t request_head_ms;           /* whole request head must arrive within (408) */
+    uint64_t keepalive_idle_ms;         /* idle client connection between requests */
+    uint64_t upstream_connect_ms;       /* one connect attempt (504 when it expires) */
+    uint64_t upstream_retry_window_ms;  /* keep retrying refused connects this long (502) */
+    uint64_t upstream_response_head_ms; /* from request sent to response head (504) */
+    uint64_t stream_idle_ms;            /* no byte either way on a body stream or tunnel */
+    uint64_t upstream_idle_ms;          /* pooled idle upstream connection lifetime */
+} sg_timeouts_conf_t;
+
+typedef struct sg_config_s {
+    _Atomic int refs;
+    char *source;                 /* file path, or "<embedded>" */
+    sg_listen_conf_t *listens;    /* n_listens >= 1 */
+    size_t n_listens;
+    char **domains;               /* lower-case, no leading dot, n_domains >= 1 */
+    size_t n_domains;
+    sg_sandbox_conf_t *sandboxes; /* static sandboxes, unique ids */
+    size_t n_sandboxes;
+    unsigned workers;             /* resolved: never 0 (0 in the file means "CPU count") */
+    sg_timeouts_conf_t timeouts;
+    size_t max_header_bytes;      /* request head size limit (431), default 64 KiB */
+    size_t upstream_pool_idle_per_key; /* pooled idle connections kept per sandbox:port */
+    int log_level;                /* sg_log_level_t */
+} sg_config_t;
+
+/* Parses argv (program name at argv[0]). On success stores a new snapshot in
+ * *out and returns 0. On error returns -1 and writes one message per line into
+ * err, each "file:line: message" for file errors or "sandgate: message" for
+ * flag errors. Flags: --config FILE, --listen ADDR:PORT and --listen-tls
+ * ADDR:PORT (repeatable), --domain D (repeatable), --sandbox
+ * ID=ADDR[,mask=TEMPLATE] (repeatable), --workers N, --log-level L,
+ * --check-config, --version, --help (-h). Repeated list flags replace the
+ * file's list for that key, then accumulate; --sandbox replaces the file's
+ * entry with the same id (without --config it replaces the embedded 'demo').
+ * `*check_only` / `*show_version` / `*show_help` are set when those flags
+ * appear. With --help or --version the configuration is not loaded: the call
+ * returns 0 with *out == NULL. `actions` may be NULL. */
+typedef struct {
+    int check_only;
+    int show_version;
+    int show_help;
+} sg_config_actions_t;
+
+int sg_config_load(int argc, char **argv, sg_config_t **out, sg_config_actions_t *actions,
+                   char *err, size_t errlen);
+
+/* Parses YAML text as if read from `source` (used by tests and the embedded
+ * default). Same error contract as sg_config_load. */
+int sg_config_parse_text(const char *text, size_t len, const char *source, sg_config_t **out,
+                         char *err, size_t errlen);
+
+/* The embedded default configuration used when neither --config nor flags
+ * name listeners/domains: listen 127.0.0.1:8080, domain sandbox.localhost,
+ * sandbox "demo" at 127.0.0.1 with no mask. */
+extern const char sg_config_embedded_default[];
+
+/* Usage text for --help. */
+extern const char sg_config_usage[];
+
+void sg_config_ref(sg_config_t *c);
+/* Drops one reference; the last one frees the snapshot. NULL is ignored. */
+void sg_config_unref(sg_config_t *c);
+
+/* Renders the snapshot as YAML that sg_config_parse_text accepts and that
+ * yields an equal snapshot (workers appear resolved). Returns a malloc'd,
+ * NUL-terminated string the caller frees. */
+char *sg_config_dump(const sg_config_t *c);
+
+/* Reload check: the name of the first setting that differs between the two
+ * snapshots and cannot change without a restart ("listen", "workers"), or
+ * NULL when new_c may replace old_c in place. */
+const char *sg_config_restart_key(const sg_config_t *old_c, const sg_config_t *new_c);
+
+#endif

@@ -1,0 +1,332 @@
+/* The command-line layer: flags parsed into a list first (so --help works
+ * whatever else is wrong with the values), then the file or the embedded
+ * default is loaded, then the flags are applied on top in argv order. */
+#include "config/config_internal.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SG_CLI "sandgate"
+/* A config file is a few KiB; refuse anything absurd rather than slurp it. */
+#define SG_CONFIG_FILE_MAX (16u << 20)
+
+const char sg_config_usage[] =
+    "Usage: sandgate [options]\n"
+    "\n"
+    "Routes http://<port>-<sandbox>.<domain>/ to <port> on the sandbox's address.\n"
+    "\n"
+    "Options:\n"
+    "  --config FILE                YAML configuration file (default: the built-in one)\n"
+    "  --listen ADDR:PORT           accept HTTP on ADDR:PORT, IPv6 as [::1]:8080 (repeatable)\n"
+    "  --listen-tls ADDR:PORT       accept HTTPS on ADDR:PORT (repeatable)\n"
+    "  --domain NAME                serve <port>-<id>.NAME (repeatable)\n"
+    "  --sandbox ID=ADDR[,mask=T]   static sandbox ID at IP address ADDR; T is the Host sent\n"
+    "                               upstream, with ${PORT} replaced by the port (repeatable)\n"
+    "  --workers N                  worker threads, 0 = one per CPU (max 256)\n"
+    "  --log-level LEVEL            debug, info, warn or error\n"
+    "  --check-config               validate the configuration and exit\n"
+    "  --version                    print the version and exit\n"
+    "  --help, -h                   print this help and exit\n"
+    "\n"
+    "Values go as '--flag VALUE' or '--flag=VALUE'. Flags override the file: the first\n"
+    "--listen/--listen-tls (or --domain) replaces the file's list, later ones add to it;\n"
+    "--sandbox adds a sandbox or replaces the file's entry with the same ID.\n"
+    "Without --config the built-in configuration applies (listen 127.0.0.1:8080, domain\n"
+    "sandbox.localhost, sandbox 'demo' at 127.0.0.1); any --sandbox then replaces 'demo'.\n";
+
+typedef enum {
+    SG_FLAG_CONFIG,
+    SG_FLAG_LISTEN,
+    SG_FLAG_LISTEN_TLS,
+    SG_FLAG_DOMAIN,
+    SG_FLAG_SANDBOX,
+    SG_FLAG_WORKERS,
+    SG_FLAG_LOG_LEVEL,
+    SG_FLAG_CHECK_CONFIG,
+    SG_FLAG_VERSION,
+    SG_FLAG_HELP,
+} sg_flag_id_t;
+
+static const struct {
+    const char *name;
+    sg_flag_id_t id;
+    int has_value;
+} sg_flags[] = {
+    {"--config", SG_FLAG_CONFIG, 1},        {"--listen", SG_FLAG_LISTEN, 1},
+    {"--listen-tls", SG_FLAG_LISTEN_TLS, 1}, {"--domain", SG_FLAG_DOMAIN, 1},
+    {"--sandbox", SG_FLAG_SANDBOX, 1},      {"--workers", SG_FLAG_WORKERS, 1},
+    {"--log-level", SG_FLAG_LOG_LEVEL, 1},  {"--check-config", SG_FLAG_CHECK_CONFIG, 0},
+    {"--version", SG_FLAG_VERSION, 0},      {"--help", SG_FLAG_HELP, 0},
+    {"-h", SG_FLAG_HELP, 0},
+};
+
+typedef struct {
+    sg_flag_id_t id;
+    const char *value; /* borrowed from argv */
+} sg_flag_t;
+
+/* Splits argv into flags; reports unknown flags and missing values. */
+static size_t scan_argv(int argc, char **argv, sg_flag_t *out, sg_config__errs_t *errs)
+{
+    size_t n = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *eq = strncmp(a, "--", 2) == 0 ? strchr(a, '=') : NULL;
+        size_t len = eq ? (size_t)(eq - a) : strlen(a);
+        size_t f = 0;
+        while (f < sizeof(sg_flags) / sizeof(sg_flags[0]) &&
+               !(strlen(sg_flags[f].name) == len && memcmp(sg_flags[f].name, a, len) == 0))
+            f++;
+        if (f == sizeof(sg_flags) / sizeof(sg_flags[0])) {
+            if (a[0] == '-')
+                sg_config__error(errs, SG_CLI, 0, "unknown flag '%.*s' (see --help)", (int)len, a);
+            else
+                sg_config__error(errs, SG_CLI, 0, "unexpected argument '%s' (see --help)", a);
+            continue;
+        }
+        const char *value = NULL;
+        if (sg_flags[f].has_value) {
+            if (eq) {
+                value = eq + 1;
+            } else if (i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0) {
+                value = argv[++i];
+            } else {
+                /* "--listen --domain x" is a forgotten value, not an address. */
+                sg_config__error(errs, SG_CLI, 0, "%s needs a value", sg_flags[f].name);
+                continue;
+            }
+        } else if (eq) {
+            sg_config__error(errs, SG_CLI, 0, "%s takes no value", sg_flags[f].name);
+            continue;
+        }
+        out[n].id = sg_flags[f].id;
+        out[n].value = value;
+        n++;
+    }
+    return n;
+}
+
+/* Reads a whole file; NULL (with errno) on failure. */
+static char *read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    sg_strbuf_t b = {0};
+    char chunk[8192];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0) {
+        sg_strbuf_append(&b, chunk, n);
+        if (b.len > SG_CONFIG_FILE_MAX) {
+            fclose(f);
+            sg_strbuf_free(&b);
+            errno = EFBIG;
+            return NULL;
+        }
+    }
+    int failed = ferror(f);
+    fclose(f);
+    if (failed) {
+        sg_strbuf_free(&b);
+        errno = EIO;
+        return NULL;
+    }
+    sg_strbuf_append(&b, "", 1); /* never NULL, even for an empty file */
+    *len = b.len - 1;
+    return b.base;
+}
+
+/* "ID=ADDRESS[,mask=TEMPLATE]" into sb (mask malloc'd). The address never
+ * contains ',' (IPv6 uses ':'), so the first ',' starts the options. */
+static int parse_sandbox_flag(const char *spec, sg_sandbox_conf_t *sb, char *why, size_t whylen)
+{
+    memset(sb, 0, sizeof(*sb));
+    const char *eq = strchr(spec, '=');
+    if (!eq) {
+        snprintf(why, whylen, "expected ID=ADDRESS[,mask=TEMPLATE], got '%s'", spec);
+        return -1;
+    }
+    size_t id_len = (size_t)(eq - spec);
+    char id[SG_SANDBOX_ID_MAX + 2];
+    if (id_len > SG_SANDBOX_ID_MAX) id_len = SG_SANDBOX_ID_MAX + 1; /* fails the id check */
+    memcpy(id, spec, id_len);
+    id[id_len] = '\0';
+    if (sg_config__check_sandbox_id(id, why, whylen) != 0) return -1;
+    memcpy(sb->id, id, id_len + 1);
+
+    const char *addr = eq + 1;
+    const char *opts = strchr(addr, ',');
+    char ip[64];
+    size_t addr_len = opts ? (size_t)(opts - addr) : strlen(addr);
+    if (addr_len >= sizeof(ip)) addr_len = sizeof(ip) - 1; /* truncated: fails to parse */
+    memcpy(ip, addr, addr_len);
+    ip[addr_len] = '\0';
+    if (sg_config__parse_ip(ip, &sb->addr, why, whylen) != 0) return -1;
+
+    while (opts) {
+        const char *opt = opts + 1;
+        opts = strchr(opt, ',');
+        size_t opt_len = opts ? (size_t)(opts - opt) : strlen(opt);
+        if (opt_len < 5 || memcmp(opt, "mask=", 5) != 0) {
+            snprintf(why, whylen, "unknown option '%.*s' (expected mask=TEMPLATE)", (int)opt_len,
+                     opt);
+            goto fail;
+        }
+        if (sb->mask) {
+            snprintf(why, whylen, "mask given twice");
+            goto fail;
+        }
+        sb->mask = strndup(opt + 5, opt_len - 5);
+        if (!sb->mask) abort();
+        if (sg_config__check_mask(sb->mask, why, whylen) != 0) goto fail;
+    }
+    return 0;
+fail:
+    free(sb->mask);
+    sb->mask = NULL;
+    return -1;
+}
+
+/* Applies the value-carrying flags to c in argv order. */
+static void apply_flags(sg_config_t *c, const sg_flag_t *flags, size_t n, int from_file,
+                        sg_config__errs_t *errs)
+{
+    char why[256];
+    int listens_replaced = 0, domains_replaced = 0, sandboxes_replaced = from_file;
+    for (size_t i = 0; i < n; i++) {
+        const sg_flag_t *f = &flags[i];
+        switch (f->id) {
+        case SG_FLAG_LISTEN:
+        case SG_FLAG_LISTEN_TLS: {
+            const char *name = f->id == SG_FLAG_LISTEN ? "--listen" : "--listen-tls";
+            sg_listen_conf_t l;
+            if (!listens_replaced) sg_config__clear_listens(c), listens_replaced = 1;
+            if (sg_config__parse_listen(f->value, f->id == SG_FLAG_LISTEN_TLS, &l, why,
+                                        sizeof(why)) != 0)
+                sg_config__error(errs, SG_CLI, 0, "%s: %s", name, why);
+            else
+                sg_config__add_listen(c, &l);
+            break;
+        }
+        case SG_FLAG_DOMAIN: {
+            char *d;
+            if (!domains_replaced) sg_config__clear_domains(c), domains_replaced = 1;
+            if (sg_config__parse_domain(f->value, &d, why, sizeof(why)) != 0)
+                sg_config__error(errs, SG_CLI, 0, "--domain: %s", why);
+            else
+                sg_config__add_domain(c, d);
+            break;
+        }
+        case SG_FLAG_SANDBOX: {
+            sg_sandbox_conf_t sb;
+            /* The built-in 'demo' points at this host's loopback; keeping it
+             * next to real sandboxes would expose local ports by accident. */
+            if (!sandboxes_replaced) sg_config__clear_sandboxes(c), sandboxes_replaced = 1;
+            if (parse_sandbox_flag(f->value, &sb, why, sizeof(why)) != 0) {
+                sg_config__error(errs, SG_CLI, 0, "--sandbox: %s", why);
+                break;
+            }
+            int again = 0;
+            for (size_t j = 0; j < i && !again; j++) {
+                const char *prev = flags[j].value, *peq;
+                if (flags[j].id != SG_FLAG_SANDBOX || !(peq = strchr(prev, '='))) continue;
+                size_t len = strlen(sb.id);
+                again = (size_t)(peq - prev) == len && memcmp(prev, sb.id, len) == 0;
+            }
+            if (again) {
+                sg_config__error(errs, SG_CLI, 0, "--sandbox: '%s' given more than once", sb.id);
+                free(sb.mask);
+                break;
+            }
+            sg_config__put_sandbox(c, &sb);
+            break;
+        }
+        case SG_FLAG_WORKERS:
+        case SG_FLAG_LOG_LEVEL: {
+            const char *key = f->id == SG_FLAG_WORKERS ? "workers" : "log_level";
+            const sg_config__key_t *k = sg_config__find_key(key, strlen(key));
+            if (sg_config__set_scalar(c, k, f->value, why, sizeof(why)) != 0)
+                sg_config__error(errs, SG_CLI, 0, "--%s: %s",
+                                 f->id == SG_FLAG_WORKERS ? "workers" : "log-level", why);
+            break;
+        }
+        default:
+            break;
+        }
+    }
+}
+
+int sg_config_load(int argc, char **argv, sg_config_t **out, sg_config_actions_t *actions,
+                   char *err, size_t errlen)
+{
+    sg_config__errs_t errs = {0};
+    sg_config_actions_t dummy;
+    sg_config_t *c = NULL;
+    const char *path = NULL;
+    if (!actions) actions = &dummy;
+    memset(actions, 0, sizeof(*actions));
+    *out = NULL;
+    sg_flag_t *flags = calloc(argc > 0 ? (size_t)argc : 1, sizeof(*flags));
+    if (!flags) abort();
+    size_t n = scan_argv(argc, argv, flags, &errs);
+    if (errs.n) goto fail;
+
+    for (size_t i = 0; i < n; i++) {
+        switch (flags[i].id) {
+        case SG_FLAG_HELP:
+            actions->show_help = 1;
+            break;
+        case SG_FLAG_VERSION:
+            actions->show_version = 1;
+            break;
+        case SG_FLAG_CHECK_CONFIG:
+            actions->check_only = 1;
+            break;
+        case SG_FLAG_CONFIG:
+            if (path) sg_config__error(&errs, SG_CLI, 0, "--config given more than once");
+            path = flags[i].value;
+            break;
+        default:
+            break;
+        }
+    }
+    /* Help and version answer without touching the configuration. */
+    if (actions->show_help || actions->show_version) {
+        free(flags);
+        sg_config__errs_finish(&errs, err, errlen);
+        return 0;
+    }
+    if (errs.n) goto fail;
+
+    if (path) {
+        size_t len;
+        char *text = read_file(path, &len);
+        if (!text) {
+            sg_config__error(&errs, SG_CLI, 0, "cannot read config file '%s': %s", path,
+                             strerror(errno));
+            goto fail;
+        }
+        c = sg_config__new(path);
+        int rc = sg_config__parse_yaml(c, text, len, path, &errs);
+        free(text);
+        if (rc != 0) goto fail;
+    } else {
+        c = sg_config__new("<embedded>");
+        if (sg_config__parse_yaml(c, sg_config_embedded_default,
+                                  strlen(sg_config_embedded_default), "<embedded>",
+                                  &errs) != 0)
+            goto fail;
+    }
+    apply_flags(c, flags, n, path != NULL, &errs);
+    if (errs.n || sg_config__finish(c, SG_CLI, &errs) != 0) goto fail;
+    free(flags);
+    sg_config__errs_finish(&errs, err, errlen);
+    *out = c;
+    return 0;
+fail:
+    free(flags);
+    sg_config__free(c);
+    sg_config__errs_finish(&errs, err, errlen);
+    return -1;
+}

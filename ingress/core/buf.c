@@ -1,0 +1,56 @@
+#include "core/buf.h"
+
+#include <assert.h>
+#include <stdlib.h>
+
+void sg_buf_pool_init(sg_buf_pool_t *pool, uint32_t buf_size, size_t max_free)
+{
+    *pool = (sg_buf_pool_t){.buf_size = buf_size, .max_free = max_free};
+}
+
+void sg_buf_pool_destroy(sg_buf_pool_t *pool)
+{
+    assert(pool->n_live == 0);
+    sg_buf_t *b = pool->free_list;
+    while (b) {
+        sg_buf_t *next = b->next_free;
+        free(b);
+        b = next;
+    }
+    pool->free_list = NULL;
+    pool->n_free = 0;
+}
+
+sg_buf_t *sg_buf_alloc(sg_buf_pool_t *pool)
+{
+    sg_buf_t *b = pool->free_list;
+    if (b) {
+        pool->free_list = b->next_free;
+        pool->n_free--;
+    } else {
+        b = malloc(sizeof(*b) + pool->buf_size);
+        if (!b) abort();
+        b->cap = pool->buf_size;
+        b->pool = pool;
+        pool->n_allocs++;
+    }
+    b->refs = 1;
+    b->next_free = NULL;
+    pool->n_live++;
+    return b;
+}
+
+void sg_buf_unref(sg_buf_t *b)
+{
+    assert(b->refs > 0);
+    if (--b->refs) return;
+    sg_buf_pool_t *pool = b->pool;
+    pool->n_live--;
+    if (pool->n_free >= pool->max_free) {
+        free(b);
+        return;
+    }
+    b->next_free = pool->free_list;
+    pool->free_list = b;
+    pool->n_free++;
+}

@@ -1,0 +1,227 @@
+#include "http/h1.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static sg_h1_parser_t *P(llhttp_t *l)
+{
+    return (sg_h1_parser_t *)l; /* llhttp is the first member */
+}
+
+static uint32_t off_of(sg_h1_parser_t *p, const char *at)
+{
+    return (uint32_t)(at - p->base);
+}
+
+static int on_method(llhttp_t *l, const char *at, size_t len)
+{
+    sg_h1_parser_t *p = P(l);
+    if (!p->first_len) p->first_off = off_of(p, at);
+    p->first_len = off_of(p, at + len) - p->first_off;
+    return 0;
+}
+
+static int on_url(llhttp_t *l, const char *at, size_t len)
+{
+    sg_h1_parser_t *p = P(l);
+    if (!p->target_len) p->target_off = off_of(p, at);
+    p->target_len = off_of(p, at + len) - p->target_off;
+    return 0;
+}
+
+static sg_h1_span_t *new_span(sg_h1_parser_t *p)
+{
+    if (p->n_spans == p->max_headers) {
+        p->too_many = 1;
+        return NULL;
+    }
+    if (p->n_spans == p->cap_spans) {
+        size_t cap = p->cap_spans ? p->cap_spans * 2 : 32;
+        sg_h1_span_t *s = realloc(p->spans, cap * sizeof(*s));
+        if (!s) abort();
+        p->spans = s;
+        p->cap_spans = cap;
+    }
+    sg_h1_span_t *s = &p->spans[p->n_spans++];
+    memset(s, 0, sizeof(*s));
+    return s;
+}
+
+static int on_header_field(llhttp_t *l, const char *at, size_t len)
+{
+    sg_h1_parser_t *p = P(l);
+    if (!p->in_field) {
+        if (!new_span(p)) {
+            llhttp_set_error_reason(l, "too many header fields");
+            return HPE_USER;
+        }
+        p->spans[p->n_spans - 1].name_off = off_of(p, at);
+        p->in_field = 1;
+    }
+    sg_h1_span_t *s = &p->spans[p->n_spans - 1];
+    s->name_len = off_of(p, at + len) - s->name_off;
+    return 0;
+}
+
+static int on_header_field_complete(llhttp_t *l)
+{
+    P(l)->in_field = 0;
+    return 0;
+}
+
+static int on_header_value(llhttp_t *l, const char *at, size_t len)
+{
+    sg_h1_parser_t *p = P(l);
+    sg_h1_span_t *s = &p->spans[p->n_spans - 1];
+    if (!p->in_value) {
+        s->value_off = off_of(p, at);
+        p->in_value = 1;
+    }
+    s->value_len = off_of(p, at + len) - s->value_off;
+    return 0;
+}
+
+static int on_header_value_complete(llhttp_t *l)
+{
+    P(l)->in_value = 0;
+    return 0;
+}
+
+static int on_status(llhttp_t *l, const char *at, size_t len)
+{
+    return on_method(l, at, len); /* the reason phrase shares the first span */
+}
+
+static int on_headers_complete(llhttp_t *l)
+{
+    sg_h1_parser_t *p = P(l);
+    p->headers_done = 1;
+    if (l->type == HTTP_RESPONSE) {
+        if (l->status_code == 101) return p->expect_upgrade ? 2 : -1;
+        if (p->skip_body) return 1;
+    }
+    return 0;
+}
+
+static int on_message_complete(llhttp_t *l)
+{
+    P(l)->message_done = 1;
+    return HPE_PAUSED;
+}
+
+/* Immutable and shared by every parser on every worker. */
+static const llhttp_settings_t sg_h1_settings = {
+    .on_method = on_method,
+    .on_url = on_url,
+    .on_status = on_status,
+    .on_header_field = on_header_field,
+    .on_header_field_complete = on_header_field_complete,
+    .on_header_value = on_header_value,
+    .on_header_value_complete = on_header_value_complete,
+    .on_headers_complete = on_headers_complete,
+    .on_message_complete = on_message_complete,
+};
+
+void sg_h1_init(sg_h1_parser_t *p, llhttp_type_t type, size_t max_headers)
+{
+    memset(p, 0, sizeof(*p));
+    p->max_headers = max_headers;
+    llhttp_init(&p->llhttp, type, &sg_h1_settings);
+}
+
+void sg_h1_reset(sg_h1_parser_t *p, llhttp_type_t type)
+{
+    llhttp_init(&p->llhttp, type, &sg_h1_settings);
+    p->base = NULL;
+    p->n_spans = 0;
+    p->first_off = p->first_len = p->target_off = p->target_len = 0;
+    p->in_field = p->in_value = p->headers_done = p->message_done = p->too_many = 0;
+    p->skip_body = p->expect_upgrade = 0;
+}
+
+void sg_h1_free(sg_h1_parser_t *p)
+{
+    free(p->spans);
+    free(p->headers);
+    p->spans = NULL;
+    p->headers = NULL;
+}
+
+llhttp_errno_t sg_h1_execute(sg_h1_parser_t *p, const char *base, const char *data, size_t len,
+                             size_t *consumed)
+{
+    p->base = base;
+    llhttp_errno_t err = llhttp_execute(&p->llhttp, data, len);
+    if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
+        *consumed = (size_t)(llhttp_get_error_pos(&p->llhttp) - data);
+        /* Stay paused at the message end: the owner decides what comes next
+         * and re-arms the parser with sg_h1_reset. */
+        return HPE_OK;
+    }
+    *consumed = err == HPE_OK ? len : (size_t)(llhttp_get_error_pos(&p->llhttp) - data);
+    return err;
+}
+
+llhttp_errno_t sg_h1_finish(sg_h1_parser_t *p)
+{
+    llhttp_errno_t err = llhttp_finish(&p->llhttp);
+    return err == HPE_PAUSED ? HPE_OK : err;
+}
+
+size_t sg_h1_head_length(const char *buf, size_t len)
+{
+    const char *end = memmem(buf, len, "\r\n\r\n", 4);
+    return end ? (size_t)(end - buf) + 4 : 0;
+}
+
+const char *sg_h1_check_head_bytes(const char *head, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        char c = head[i];
+        if (c == '\0') return "NUL byte in request head";
+        if (c == '\r' && (i + 1 >= len || head[i + 1] != '\n')) return "bare CR in request head";
+        if (c == '\n') {
+            if (i == 0 || head[i - 1] != '\r') return "bare LF in request head";
+            if (i + 1 < len && (head[i + 1] == ' ' || head[i + 1] == '\t'))
+                return "obsolete line folding";
+        }
+    }
+    return NULL;
+}
+
+static void materialise(sg_h1_parser_t *p, const char *base)
+{
+    if (p->cap_headers < p->n_spans) {
+        free(p->headers);
+        p->cap_headers = p->n_spans < 32 ? 32 : p->n_spans;
+        p->headers = malloc(p->cap_headers * sizeof(*p->headers));
+        if (!p->headers) abort();
+    }
+    for (size_t i = 0; i < p->n_spans; i++) {
+        const sg_h1_span_t *s = &p->spans[i];
+        p->headers[i].name = sg_slice(base + s->name_off, s->name_len);
+        p->headers[i].value = sg_slice_trim(sg_slice(base + s->value_off, s->value_len));
+    }
+}
+
+void sg_h1_request_view(sg_h1_parser_t *p, const char *base, sg_http_request_t *out)
+{
+    materialise(p, base);
+    out->method = sg_slice(base + p->first_off, p->first_len);
+    out->target = sg_slice(base + p->target_off, p->target_len);
+    out->minor_version = p->llhttp.http_minor;
+    out->headers = p->headers;
+    out->n_headers = p->n_spans;
+}
+
+void sg_h1_response_view(sg_h1_parser_t *p, const char *base, size_t head_len,
+                         sg_http_response_t *out)
+{
+    materialise(p, base);
+    const char *eol = memchr(base, '\r', head_len);
+    out->status = p->llhttp.status_code;
+    out->minor_version = p->llhttp.http_minor;
+    out->status_line = sg_slice(base, eol ? (size_t)(eol - base) : 0);
+    out->headers = p->headers;
+    out->n_headers = p->n_spans;
+}

@@ -1,0 +1,118 @@
+/* Plain TCP implementation of sg_stream_t on top of uv_tcp_t. */
+#include "net/stream.h"
+
+#include <stdlib.h>
+
+
+static void tcp_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *out)
+{
+    sg_stream_t *s = h->data;
+    sg_buf_t *b = sg_buf_alloc(s->pool);
+    /* read_cb finds the owning sg_buf again from the data pointer. */
+    out->base = b->data;
+    out->len = b->cap;
+}
+
+static sg_buf_t *buf_of_data(char *data)
+{
+    return (sg_buf_t *)(data - offsetof(sg_buf_t, data));
+}
+
+static void tcp_read_cb(uv_stream_t *h, ssize_t nread, const uv_buf_t *ub)
+{
+    sg_stream_t *s = h->data;
+    sg_buf_t *b = ub->base ? buf_of_data(ub->base) : NULL;
+    if (nread > 0) {
+        s->read_cb(s, nread, b);
+    } else if (nread < 0) {
+        s->read_cb(s, nread, NULL);
+    }
+    if (b) sg_buf_unref(b);
+}
+
+static int tcp_read_start(sg_stream_t *s, sg_stream_read_cb cb)
+{
+    s->read_cb = cb;
+    if (s->reading || s->closing) return 0;
+    int rc = uv_read_start((uv_stream_t *)&s->tcp, tcp_alloc_cb, tcp_read_cb);
+    if (rc == 0) s->reading = 1;
+    return rc;
+}
+
+static int tcp_read_stop(sg_stream_t *s)
+{
+    if (!s->reading) return 0;
+    s->reading = 0;
+    return uv_read_stop((uv_stream_t *)&s->tcp);
+}
+
+static void tcp_write_cb(uv_write_t *req, int status)
+{
+    sg_stream_write_t *w = req->data;
+    w->stream->write_queue_bytes -= w->bytes;
+    w->cb(w, status);
+}
+
+static int tcp_write(sg_stream_t *s, sg_stream_write_t *w, const uv_buf_t *bufs, unsigned n,
+                     sg_stream_write_cb cb)
+{
+    size_t total = 0;
+    for (unsigned i = 0; i < n; i++) total += bufs[i].len;
+    w->stream = s;
+    w->cb = cb;
+    w->bytes = total;
+    w->req.data = w;
+    int rc = uv_write(&w->req, (uv_stream_t *)&s->tcp, bufs, n, tcp_write_cb);
+    if (rc == 0) s->write_queue_bytes += total;
+    return rc;
+}
+
+static void tcp_shutdown_cb(uv_shutdown_t *req, int status)
+{
+    sg_stream_t *s = req->data;
+    free(req);
+    if (s->shutdown_cb) s->shutdown_cb(s, status);
+}
+
+static int tcp_shutdown(sg_stream_t *s, sg_stream_shutdown_cb cb)
+{
+    uv_shutdown_t *req = malloc(sizeof(*req));
+    if (!req) return UV_ENOMEM;
+    req->data = s;
+    s->shutdown_cb = cb;
+    int rc = uv_shutdown(req, (uv_stream_t *)&s->tcp, tcp_shutdown_cb);
+    if (rc) free(req);
+    return rc;
+}
+
+static void tcp_close_cb(uv_handle_t *h)
+{
+    sg_stream_t *s = h->data;
+    if (s->close_cb) s->close_cb(s);
+}
+
+static void tcp_close(sg_stream_t *s, sg_stream_close_cb cb)
+{
+    if (s->closing) return;
+    s->closing = 1;
+    s->reading = 0;
+    s->close_cb = cb;
+    uv_close((uv_handle_t *)&s->tcp, tcp_close_cb);
+}
+
+const sg_stream_ops_t sg_stream_tcp_ops = {
+    .name = "tcp",
+    .read_start = tcp_read_start,
+    .read_stop = tcp_read_stop,
+    .write = tcp_write,
+    .shutdown = tcp_shutdown,
+    .close = tcp_close,
+};
+
+int sg_stream_tcp_init(sg_stream_t *s, uv_loop_t *loop, sg_buf_pool_t *pool)
+{
+    *s = (sg_stream_t){.ops = &sg_stream_tcp_ops, .pool = pool};
+    int rc = uv_tcp_init(loop, &s->tcp);
+    s->tcp.data = s;
+    return rc;
+}

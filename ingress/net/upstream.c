@@ -1,0 +1,292 @@
+#include "net/upstream.h"
+
+#include "core/log.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define SG_UPSTREAM_BUCKETS 1024
+#define SG_BACKOFF_FIRST_MS 25
+#define SG_BACKOFF_MAX_MS 250
+
+void sg_upstream_pool_init(sg_upstream_pool_t *pool, uv_loop_t *loop, sg_buf_pool_t *bufs,
+                           size_t max_idle_per_key, uint64_t idle_timeout_ms)
+{
+    *pool = (sg_upstream_pool_t){.loop = loop,
+                                 .bufs = bufs,
+                                 .n_buckets = SG_UPSTREAM_BUCKETS,
+                                 .max_idle_per_key = max_idle_per_key,
+                                 .idle_timeout_ms = idle_timeout_ms};
+    pool->buckets = calloc(pool->n_buckets, sizeof(*pool->buckets));
+    if (!pool->buckets) abort();
+}
+
+size_t sg_upstream_make_key(char *key, const char *id, size_t id_len,
+                            const struct sockaddr_storage *addr)
+{
+    size_t n = 0;
+    if (id_len > SG_UPSTREAM_KEY_MAX - 24) id_len = SG_UPSTREAM_KEY_MAX - 24;
+    memcpy(key, id, id_len);
+    n = id_len;
+    key[n++] = '\0';
+    if (addr->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)addr;
+        memcpy(key + n, &a6->sin6_addr, 16);
+        n += 16;
+        memcpy(key + n, &a6->sin6_port, 2);
+    } else {
+        const struct sockaddr_in *a4 = (const struct sockaddr_in *)addr;
+        memcpy(key + n, &a4->sin_addr, 4);
+        n += 4;
+        memcpy(key + n, &a4->sin_port, 2);
+    }
+    return n + 2;
+}
+
+static size_t key_bucket(const sg_upstream_pool_t *pool, const char *key, size_t len)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < len; i++) {
+        h ^= (unsigned char)key[i];
+        h *= 1099511628211ULL;
+    }
+    return (size_t)(h % pool->n_buckets);
+}
+
+static void idle_unlink(sg_upstream_t *up)
+{
+    sg_upstream_pool_t *pool = up->pool;
+    if (up->idle_prev)
+        up->idle_prev->idle_next = up->idle_next;
+    else
+        pool->buckets[up->bucket] = up->idle_next;
+    if (up->idle_next) up->idle_next->idle_prev = up->idle_prev;
+    up->idle_prev = up->idle_next = NULL;
+}
+
+static void upstream_handle_closed(sg_upstream_t *up)
+{
+    if (--up->handles_open) return;
+    up->pool->stats.open--;
+    free(up);
+}
+
+static void stream_closed_cb(sg_stream_t *s)
+{
+    upstream_handle_closed((sg_upstream_t *)s);
+}
+
+static void timer_closed_cb(uv_handle_t *h)
+{
+    upstream_handle_closed(h->data);
+}
+
+/* Tears the connection down for good; memory goes in the close callbacks. */
+static void upstream_destroy(sg_upstream_t *up)
+{
+    if (up->state == SG_UP_CLOSING) return;
+    if (up->state == SG_UP_IDLE) idle_unlink(up);
+    up->state = SG_UP_CLOSING;
+    uv_close((uv_handle_t *)&up->timer, timer_closed_cb);
+    if (!up->reconnecting) sg_stream_close(&up->stream, stream_closed_cb);
+    /* When reconnecting, the socket is already closing; its close callback
+     * sees SG_UP_CLOSING and drops the last handle instead of retrying. */
+}
+
+static int connect_attempt(sg_upstream_t *up);
+
+static void finish_connect(sg_upstream_t *up, int status)
+{
+    sg_upstream_cb cb = up->cb;
+    void *data = up->cb_data;
+    up->cb = NULL;
+    if (status == 0) {
+        up->state = SG_UP_ACTIVE;
+        up->pool->stats.connects_ok++;
+        cb(data, 0, up);
+        return;
+    }
+    up->pool->stats.connect_failures++;
+    upstream_destroy(up);
+    cb(data, status, NULL);
+}
+
+static int retryable(int status)
+{
+    return status == UV_ECONNREFUSED || status == UV_ENETUNREACH || status == UV_EHOSTUNREACH ||
+           status == UV_ECONNRESET || status == UV_EADDRNOTAVAIL;
+}
+
+static void backoff_timer_cb(uv_timer_t *t)
+{
+    sg_upstream_t *up = t->data;
+    int rc = connect_attempt(up);
+    if (rc) finish_connect(up, retryable(rc) ? UV_ECONNREFUSED : rc);
+}
+
+/* The failed socket is closed; make a fresh one after a short pause. */
+static void reconnect_closed_cb(sg_stream_t *s)
+{
+    sg_upstream_t *up = (sg_upstream_t *)s;
+    up->reconnecting = 0;
+    if (up->state == SG_UP_CLOSING) {
+        upstream_handle_closed(up);
+        return;
+    }
+    int rc = sg_stream_tcp_init(&up->stream, up->pool->loop, up->pool->bufs);
+    if (rc) {
+        up->handles_open--; /* the socket was never re-opened */
+        finish_connect(up, rc);
+        return;
+    }
+    up->stream.data = up;
+    up->state = SG_UP_BACKOFF;
+    uint64_t now = uv_now(up->pool->loop);
+    uint64_t wait = up->backoff_ms;
+    if (now + wait > up->deadline) wait = up->deadline > now ? up->deadline - now : 0;
+    uv_timer_start(&up->timer, backoff_timer_cb, wait, 0);
+    up->backoff_ms = up->backoff_ms * 2 > SG_BACKOFF_MAX_MS ? SG_BACKOFF_MAX_MS : up->backoff_ms * 2;
+}
+
+static void connect_cb(uv_connect_t *req, int status)
+{
+    sg_upstream_t *up = req->data;
+    if (up->state == SG_UP_CLOSING) return; /* cancelled or timed out: already reported */
+    uv_timer_stop(&up->timer);
+    if (status == 0) {
+        uv_tcp_nodelay(&up->stream.tcp, 1);
+        finish_connect(up, 0);
+        return;
+    }
+    up->last_error = status;
+    if (retryable(status) && uv_now(up->pool->loop) + SG_BACKOFF_FIRST_MS < up->deadline) {
+        up->reconnecting = 1;
+        sg_stream_close(&up->stream, reconnect_closed_cb);
+        return;
+    }
+    finish_connect(up, retryable(status) ? UV_ECONNREFUSED : status);
+}
+
+static void connect_timeout_cb(uv_timer_t *t)
+{
+    sg_upstream_t *up = t->data;
+    finish_connect(up, UV_ETIMEDOUT);
+}
+
+/* Returns a libuv error when the attempt could not start (the caller
+ * reports it); otherwise connect_cb or the timeout reports later. */
+static int connect_attempt(sg_upstream_t *up)
+{
+    up->state = SG_UP_CONNECTING;
+    up->attempts++;
+    up->connect_req.data = up;
+    int rc = uv_tcp_connect(&up->connect_req, &up->stream.tcp,
+                            (const struct sockaddr *)&up->addr, connect_cb);
+    if (rc) return rc;
+    uv_timer_start(&up->timer, connect_timeout_cb, up->opts.connect_timeout_ms, 0);
+    return 0;
+}
+
+int sg_upstream_get(sg_upstream_pool_t *pool, const char *key, size_t key_len,
+                    const struct sockaddr_storage *addr, const sg_upstream_opts_t *opts,
+                    sg_upstream_cb cb, void *data, sg_upstream_t **out)
+{
+    size_t bucket = key_bucket(pool, key, key_len);
+    for (sg_upstream_t *up = opts->fresh ? NULL : pool->buckets[bucket]; up; up = up->idle_next) {
+        if (up->key_len != key_len || memcmp(up->key, key, key_len) != 0) continue;
+        idle_unlink(up);
+        uv_timer_stop(&up->timer);
+        sg_stream_read_stop(&up->stream);
+        up->state = SG_UP_ACTIVE;
+        pool->stats.hits++;
+        *out = up;
+        return 1;
+    }
+    pool->stats.misses++;
+    sg_upstream_t *up = calloc(1, sizeof(*up));
+    if (!up) abort();
+    up->pool = pool;
+    memcpy(up->key, key, key_len);
+    up->key_len = key_len;
+    up->bucket = bucket;
+    up->addr = *addr;
+    up->opts = *opts;
+    up->cb = cb;
+    up->cb_data = data;
+    up->backoff_ms = SG_BACKOFF_FIRST_MS;
+    up->deadline = uv_now(pool->loop) + opts->retry_window_ms;
+    int rc = sg_stream_tcp_init(&up->stream, pool->loop, pool->bufs);
+    if (rc) {
+        free(up);
+        return rc;
+    }
+    up->stream.data = up;
+    uv_timer_init(pool->loop, &up->timer);
+    up->timer.data = up;
+    up->handles_open = 2;
+    pool->stats.open++;
+    rc = connect_attempt(up);
+    if (rc) {
+        pool->stats.connect_failures++;
+        sg_upstream_cancel(up);
+        return rc;
+    }
+    *out = up;
+    return 0;
+}
+
+void sg_upstream_cancel(sg_upstream_t *up)
+{
+    up->cb = NULL;
+    upstream_destroy(up);
+}
+
+static void idle_read_cb(sg_stream_t *s, ssize_t nread, sg_buf_t *buf)
+{
+    /* An idle keep-alive connection must stay silent: EOF, an error or stray
+     * bytes all mean it can no longer carry a request. */
+    upstream_destroy((sg_upstream_t *)s);
+}
+
+static void idle_timeout_cb(uv_timer_t *t)
+{
+    upstream_destroy(t->data);
+}
+
+void sg_upstream_release(sg_upstream_t *up, int reusable)
+{
+    sg_upstream_pool_t *pool = up->pool;
+    if (!reusable || pool->closing || up->stream.write_queue_bytes) {
+        upstream_destroy(up);
+        return;
+    }
+    size_t n = 0;
+    for (sg_upstream_t *it = pool->buckets[up->bucket]; it; it = it->idle_next)
+        if (it->key_len == up->key_len && memcmp(it->key, up->key, up->key_len) == 0) n++;
+    if (n >= pool->max_idle_per_key) {
+        upstream_destroy(up);
+        return;
+    }
+    up->served++;
+    up->state = SG_UP_IDLE;
+    up->stream.data = up;
+    up->idle_prev = NULL;
+    up->idle_next = pool->buckets[up->bucket];
+    if (up->idle_next) up->idle_next->idle_prev = up;
+    pool->buckets[up->bucket] = up;
+    if (sg_stream_read_start(&up->stream, idle_read_cb) != 0) {
+        upstream_destroy(up);
+        return;
+    }
+    uv_timer_start(&up->timer, idle_timeout_cb, pool->idle_timeout_ms, 0);
+}
+
+void sg_upstream_pool_close(sg_upstream_pool_t *pool)
+{
+    pool->closing = 1;
+    for (size_t i = 0; i < pool->n_buckets; i++)
+        while (pool->buckets[i]) upstream_destroy(pool->buckets[i]);
+    free(pool->buckets);
+    pool->buckets = NULL;
+    pool->n_buckets = 0;
+}

@@ -1,0 +1,633 @@
+/* The client side of the pipeline: accept, request head, routing, lookup,
+ * upstream acquisition, error responses, timers and teardown. */
+#include "proxy/conn.h"
+
+#include "core/log.h"
+#include "http/errpage.h"
+#include "http/rewrite.h"
+#include "net/listener.h"
+#include "route/mask.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define SG_MAX_HEADERS 512
+#define SG_INBUF_CAP (256 * 1024)
+#define SG_LINGER_MS 2000
+
+static void client_read_cb(sg_stream_t *s, ssize_t nread, sg_buf_t *buf);
+static void head_input(sg_conn_t *c);
+
+void sg_conn_unref(sg_conn_t *c)
+{
+    if (--c->refs) return;
+    sg_h1_free(&c->req);
+    sg_h1_free(&c->res);
+    sg_strbuf_free(&c->req_head);
+    sg_strbuf_free(&c->inbuf);
+    sg_strbuf_free(&c->req_out);
+    sg_strbuf_free(&c->scratch);
+    sg_strbuf_free(&c->res_head);
+    sg_strbuf_free(&c->res_out);
+    free(c);
+}
+
+static void client_closed_cb(sg_stream_t *s)
+{
+    sg_conn_unref(s->data);
+}
+
+static void timer_closed_cb(uv_handle_t *h)
+{
+    sg_conn_unref(h->data);
+}
+
+static void drop_sandbox(sg_conn_t *c)
+{
+    if (c->sandbox) sg_sandbox_unref(c->sandbox);
+    c->sandbox = NULL;
+}
+
+void sg_conn_close(sg_conn_t *c)
+{
+    if (c->closing) return;
+    c->closing = 1;
+    sg_worker_t *w = c->w;
+    if (c->lookup_pending) sg_lookup_cancel(&c->lookup);
+    c->lookup_pending = 0;
+    if (c->up_pending) sg_upstream_cancel(c->up_connecting);
+    c->up_pending = 0;
+    c->up_connecting = NULL;
+    if (c->up) sg_relay_detach_upstream(c, 0);
+    if (c->state == SG_CONN_TUNNEL) w->stats.tunnels_open--;
+    drop_sandbox(c);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        w->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    w->stats.connections_open--;
+    uv_close((uv_handle_t *)&c->timer, timer_closed_cb);
+    sg_stream_close(&c->client, client_closed_cb);
+}
+
+static void timer_cb(uv_timer_t *t)
+{
+    sg_conn_t *c = t->data;
+    uint64_t now = uv_now(&c->w->loop);
+    const sg_timeouts_conf_t *to = &c->w->config->timeouts;
+    switch (c->timer_kind) {
+    case SG_TIMER_IDLE:
+    case SG_TIMER_FLUSH:
+        if (now - c->last_activity < to->stream_idle_ms) {
+            uv_timer_start(&c->timer, timer_cb, to->stream_idle_ms - (now - c->last_activity), 0);
+            return;
+        }
+        sg_log_debug("conn %s: stream idle timeout", c->client_addr);
+        sg_conn_close(c);
+        return;
+    case SG_TIMER_HEAD:
+        sg_conn_send_error(c, SG_ERR_REQUEST_TIMEOUT, NULL, 0);
+        return;
+    case SG_TIMER_RESPONSE:
+        sg_conn_send_error(c, SG_ERR_UPSTREAM_HEAD_TIMEOUT, NULL, 0);
+        return;
+    case SG_TIMER_KEEPALIVE:
+    case SG_TIMER_LINGER:
+    case SG_TIMER_NONE:
+        sg_conn_close(c);
+        return;
+    }
+}
+
+void sg_conn_arm_timer(sg_conn_t *c, sg_timer_kind_t kind, uint64_t ms)
+{
+    c->timer_kind = kind;
+    c->last_activity = uv_now(&c->w->loop);
+    if (kind == SG_TIMER_NONE)
+        uv_timer_stop(&c->timer);
+    else
+        uv_timer_start(&c->timer, timer_cb, ms, 0);
+}
+
+/* Reading the client is wanted unless backpressure, a full inbuf or the
+ * connection's phase says otherwise. */
+void sg_conn_update_reading(sg_conn_t *c)
+{
+    if (c->closing) return;
+    int want = !c->client_paused && !c->client_eof && c->inbuf.len < SG_INBUF_CAP;
+    if (want && !c->client_reading) {
+        if (sg_stream_read_start(&c->client, client_read_cb) == 0) c->client_reading = 1;
+    } else if (!want && c->client_reading) {
+        sg_stream_read_stop(&c->client);
+        c->client_reading = 0;
+    }
+}
+
+static void linger_read_cb(sg_stream_t *s, ssize_t nread, sg_buf_t *buf)
+{
+    if (nread < 0) sg_conn_close(s->data);
+}
+
+static void linger_shutdown_cb(sg_stream_t *s, int status)
+{
+    sg_conn_t *c = s->data;
+    if (status < 0 || c->closing) {
+        sg_conn_close(c);
+        return;
+    }
+    /* Keep reading (and discarding) briefly so unread request bytes do not
+     * make the kernel answer with RST and destroy the response in flight. */
+    c->client_paused = c->client_eof = 0;
+    c->client_reading = 1;
+    if (sg_stream_read_start(&c->client, linger_read_cb) != 0) sg_conn_close(c);
+}
+
+static void start_linger(sg_conn_t *c)
+{
+    c->state = SG_CONN_LINGER;
+    sg_conn_arm_timer(c, SG_TIMER_LINGER, SG_LINGER_MS);
+    if (c->client_reading) sg_stream_read_stop(&c->client);
+    c->client_reading = 0;
+    if (sg_stream_shutdown(&c->client, linger_shutdown_cb) != 0) sg_conn_close(c);
+}
+
+static void reset_request(sg_conn_t *c)
+{
+    drop_sandbox(c);
+    sg_h1_reset(&c->req, HTTP_REQUEST);
+    sg_h1_reset(&c->res, HTTP_RESPONSE);
+    c->req_parsed = c->req_head_len = 0;
+    c->retried = c->up_from_pool = 0;
+    c->status = 0;
+    c->keep_alive = c->close_after = c->upgrade = c->head_method = 0;
+    c->req_done = c->req_broken = c->res_started = c->res_done = c->up_junk = 0;
+    c->awaiting_flush = c->counted_request = c->body_streamed = 0;
+    c->res_parsed = 0;
+    c->host = sg_slice(NULL, 0);
+    sg_strbuf_reset(&c->res_head);
+}
+
+/* Starts the next request on a kept-alive connection: bytes that arrived
+ * while the previous one was served become the new head buffer. */
+static void next_request(sg_conn_t *c)
+{
+    reset_request(c);
+    sg_strbuf_t tmp = c->req_head;
+    c->req_head = c->inbuf;
+    c->inbuf = tmp;
+    sg_strbuf_reset(&c->inbuf);
+    c->state = SG_CONN_HEAD;
+    if (c->req_head.len) {
+        sg_conn_arm_timer(c, SG_TIMER_HEAD, c->w->config->timeouts.request_head_ms);
+        head_input(c);
+    } else {
+        sg_conn_arm_timer(c, SG_TIMER_KEEPALIVE, c->w->config->timeouts.keepalive_idle_ms);
+    }
+    if (!c->closing) sg_conn_update_reading(c);
+}
+
+void sg_conn_client_flushed(sg_conn_t *c)
+{
+    if (c->closing || c->client_writes) return;
+    if (c->state == SG_CONN_LINGER && c->timer_kind == SG_TIMER_FLUSH) {
+        start_linger(c);
+    } else if (c->awaiting_flush) {
+        c->awaiting_flush = 0;
+        next_request(c);
+    }
+}
+
+static void count_response(sg_conn_t *c, int status, sg_err_t err)
+{
+    sg_worker_stats_t *st = &c->w->stats;
+    if (status >= 100 && status < 600) st->responses_by_class[status / 100]++;
+    if (err != SG_ERR_NONE && (unsigned)err < 32) st->errors[err]++;
+}
+
+/* Both halves of the exchange are over: keep the connection or close it. */
+void sg_conn_request_finished(sg_conn_t *c)
+{
+    if (c->closing) return;
+    count_response(c, c->status, SG_ERR_NONE);
+    c->state = (c->close_after || !c->keep_alive || !c->req_done) ? SG_CONN_LINGER : SG_CONN_HEAD;
+    c->awaiting_flush = c->state == SG_CONN_HEAD;
+    sg_conn_arm_timer(c, SG_TIMER_FLUSH, c->w->config->timeouts.stream_idle_ms);
+    sg_conn_client_flushed(c);
+}
+
+void sg_conn_send_error(sg_conn_t *c, sg_err_t err, const char *detail, int port)
+{
+    if (c->closing) return;
+    if (c->lookup_pending) sg_lookup_cancel(&c->lookup);
+    c->lookup_pending = 0;
+    if (c->up_pending) sg_upstream_cancel(c->up_connecting);
+    c->up_pending = 0;
+    c->up_connecting = NULL;
+    if (c->res_started) {
+        /* Bytes of a response already went out: the only honest signal left
+         * is cutting the connection. */
+        sg_log_debug("conn %s: %s after response start, cutting", c->client_addr,
+                     sg_err_name(err));
+        c->w->stats.errors[err]++;
+        sg_conn_close(c);
+        return;
+    }
+    if (c->up) sg_relay_detach_upstream(c, 0);
+    int html = c->req.headers_done && sg_errpage_wants_html(c->request.headers, c->request.n_headers);
+    /* Keep the connection only when the request was read to its end. */
+    int keep = c->keep_alive && c->req.message_done && err != SG_ERR_REQUEST_TIMEOUT &&
+               sg_err_status(err) != 400 && sg_err_status(err) != 431 && sg_err_status(err) != 414;
+    sg_errpage_t page = {.err = err, .detail = detail, .port = port};
+    if (c->route.id.len && c->state != SG_CONN_HEAD) page.sandbox_id = c->route.id;
+    sg_strbuf_reset(&c->res_out);
+    sg_errpage_render(&c->res_out, &page, html, keep, c->head_method);
+    c->status = sg_err_status(err);
+    count_response(c, c->status, err);
+    sg_log_debug("conn %s: %d %s", c->client_addr, c->status, sg_err_name(err));
+    c->res_started = c->res_done = 1;
+    c->req_done = c->req.message_done;
+    sg_relay_write_strbuf(c, 0, &c->res_out);
+    c->state = keep ? SG_CONN_HEAD : SG_CONN_LINGER;
+    c->awaiting_flush = keep;
+    sg_conn_arm_timer(c, SG_TIMER_FLUSH, c->w->config->timeouts.stream_idle_ms);
+}
+
+static void client_read_cb(sg_stream_t *s, ssize_t nread, sg_buf_t *buf)
+{
+    sg_conn_t *c = s->data;
+    if (c->closing) return;
+    if (nread < 0) {
+        c->client_eof = 1;
+        c->client_reading = 0;
+        if (c->state == SG_CONN_TUNNEL) {
+            sg_relay_tunnel_client_data(c, nread, NULL);
+            return;
+        }
+        /* Between requests an EOF is a normal goodbye; during one it is an
+         * abort, and the upstream connection goes with it. */
+        sg_conn_close(c);
+        return;
+    }
+    c->w->stats.bytes_in += (uint64_t)nread;
+    c->last_activity = uv_now(&c->w->loop);
+    switch (c->state) {
+    case SG_CONN_HEAD:
+        if (c->awaiting_flush) break; /* previous response still flushing */
+        if (c->timer_kind == SG_TIMER_KEEPALIVE)
+            sg_conn_arm_timer(c, SG_TIMER_HEAD, c->w->config->timeouts.request_head_ms);
+        sg_strbuf_append(&c->req_head, buf->data, (size_t)nread);
+        head_input(c);
+        return;
+    case SG_CONN_PROXYING:
+        if (!c->req_done && !c->req_broken && !c->inbuf.len) {
+            sg_conn_feed_body(c, buf->data, (size_t)nread, buf);
+            return;
+        }
+        break;
+    case SG_CONN_TUNNEL:
+        sg_relay_tunnel_client_data(c, nread, buf);
+        return;
+    case SG_CONN_LINGER:
+        return;
+    case SG_CONN_ROUTING:
+    case SG_CONN_CONNECTING:
+        break;
+    }
+    sg_strbuf_append(&c->inbuf, buf->data, (size_t)nread);
+    sg_conn_update_reading(c);
+}
+
+/* Body bytes of the current request: forwarded as they come, framed by the
+ * request parser so the upstream never sees a second request smuggled in. */
+void sg_conn_feed_body(sg_conn_t *c, const char *data, size_t len, sg_buf_t *buf)
+{
+    size_t consumed = 0;
+    llhttp_errno_t err = sg_h1_execute(&c->req, NULL, data, len, &consumed);
+    if (consumed) {
+        c->body_streamed = 1;
+        if (buf)
+            sg_relay_write(c, 1, data, consumed, buf);
+        else
+            sg_relay_write_copy(c, 1, data, consumed);
+    }
+    if (err != HPE_OK) {
+        c->req_broken = 1;
+        c->close_after = 1;
+        sg_conn_send_error(c, SG_ERR_BAD_REQUEST, llhttp_errno_name(err), 0);
+        return;
+    }
+    if (c->req.message_done) {
+        c->req_done = 1;
+        if (consumed < len) sg_strbuf_append(&c->inbuf, data + consumed, len - consumed);
+        if (c->res_done)
+            sg_conn_request_finished(c);
+        else if (!c->res.headers_done)
+            sg_conn_arm_timer(c, SG_TIMER_RESPONSE,
+                              c->w->config->timeouts.upstream_response_head_ms);
+    }
+}
+
+static void on_sandbox(sg_conn_t *c, sg_err_t err, sg_sandbox_t *sb);
+
+static void lookup_cb(sg_lookup_req_t *req, sg_err_t err, sg_sandbox_t *sb)
+{
+    sg_conn_t *c = req->data;
+    c->lookup_pending = 0;
+    on_sandbox(c, err, sb);
+}
+
+static void upstream_cb(void *data, int status, sg_upstream_t *up)
+{
+    sg_conn_t *c = data;
+    c->up_pending = 0;
+    c->up_connecting = NULL;
+    if (status == 0) {
+        sg_conn_upstream_ready(c, up, 0);
+    } else if (status == UV_ETIMEDOUT) {
+        sg_conn_send_error(c, SG_ERR_UPSTREAM_CONNECT_TIMEOUT, NULL, 0);
+    } else if (status == UV_ECONNREFUSED) {
+        sg_conn_send_error(c, SG_ERR_PORT_NOT_OPEN, NULL, c->route.port);
+    } else {
+        sg_conn_send_error(c, SG_ERR_PORT_NOT_OPEN, uv_strerror(status), c->route.port);
+    }
+}
+
+void sg_conn_get_upstream(sg_conn_t *c, int fresh)
+{
+    const sg_config_t *cfg = c->w->config;
+    struct sockaddr_storage addr = c->sandbox->addr;
+    if (addr.ss_family == AF_INET6)
+        ((struct sockaddr_in6 *)&addr)->sin6_port = htons(c->route.port);
+    else
+        ((struct sockaddr_in *)&addr)->sin_port = htons(c->route.port);
+    char key[SG_UPSTREAM_KEY_MAX];
+    size_t key_len = sg_upstream_make_key(key, c->sandbox->id, c->sandbox->id_len, &addr);
+    sg_upstream_opts_t opts = {.connect_timeout_ms = cfg->timeouts.upstream_connect_ms,
+                               .retry_window_ms = cfg->timeouts.upstream_retry_window_ms,
+                               .fresh = fresh};
+    sg_upstream_t *up = NULL;
+    c->state = SG_CONN_CONNECTING;
+    int rc = sg_upstream_get(&c->w->upstreams, key, key_len, &addr, &opts, upstream_cb, c, &up);
+    if (rc == 1) {
+        sg_conn_upstream_ready(c, up, 1);
+    } else if (rc == 0) {
+        c->up_pending = 1;
+        c->up_connecting = up;
+    } else {
+        sg_conn_send_error(c, SG_ERR_PORT_NOT_OPEN, uv_strerror(rc), c->route.port);
+    }
+}
+
+static void on_sandbox(sg_conn_t *c, sg_err_t err, sg_sandbox_t *sb)
+{
+    if (err != SG_ERR_NONE) {
+        sg_conn_send_error(c, err, NULL, 0);
+        return;
+    }
+    c->sandbox = sb;
+    sg_conn_get_upstream(c, 0);
+}
+
+/* The head is complete; the upstream is attached: send the rewritten head
+ * with whatever body bytes came along, then stream the rest. */
+void sg_conn_upstream_ready(sg_conn_t *c, sg_upstream_t *up, int from_pool)
+{
+    c->up = up;
+    c->up_from_pool = from_pool;
+    up->stream.data = c;
+    c->state = SG_CONN_PROXYING;
+    c->upstream_paused = c->upstream_eof = 0;
+    sg_stream_read_start(&up->stream, sg_relay_upstream_read_cb);
+
+    if (!c->req_out.len) {
+        const sg_sandbox_t *sb = c->sandbox;
+        sg_rewrite_request_params_t p = {
+            .client_addr = sg_slice_cstr(c->client_addr),
+            .proto = SG_SLICE_LIT("http"),
+            .upgrade = c->upgrade,
+        };
+        sg_strbuf_reset(&c->scratch);
+        if (sb->mask) {
+            sg_mask_expand(&c->scratch, sg_slice_cstr(sb->mask), c->route.port);
+            p.host = sg_slice(c->scratch.base, c->scratch.len);
+            p.original_host = c->host;
+        }
+        sg_http_rewrite_request(&c->request, &p, &c->req_out);
+        size_t body = c->req_parsed - c->req_head_len;
+        sg_strbuf_append(&c->req_out, c->req_head.base + c->req_head_len, body);
+        /* Bytes past this request's end belong to the next one. */
+        if (c->req_parsed < c->req_head.len) {
+            sg_strbuf_t rest = {0};
+            sg_strbuf_append(&rest, c->req_head.base + c->req_parsed,
+                             c->req_head.len - c->req_parsed);
+            sg_strbuf_append(&rest, c->inbuf.base, c->inbuf.len);
+            sg_strbuf_free(&c->inbuf);
+            c->inbuf = rest;
+            c->req_head.len = c->req_parsed;
+        }
+    }
+    sg_relay_write_strbuf(c, 1, &c->req_out);
+    if (c->req.message_done) {
+        c->req_done = 1;
+        sg_conn_arm_timer(c, SG_TIMER_RESPONSE, c->w->config->timeouts.upstream_response_head_ms);
+        sg_conn_update_reading(c);
+        return;
+    }
+    /* While the body streams, quiet time is what counts; the response-head
+     * clock starts once the request is complete. */
+    sg_conn_arm_timer(c, SG_TIMER_IDLE, c->w->config->timeouts.stream_idle_ms);
+    if (c->inbuf.len) {
+        /* Early body bytes that arrived during lookup/connect (a copy, rare). */
+        sg_strbuf_t pending = c->inbuf;
+        c->inbuf = (sg_strbuf_t){0};
+        sg_conn_feed_body(c, pending.base, pending.len, NULL);
+        sg_strbuf_free(&pending);
+    }
+    sg_conn_update_reading(c);
+}
+
+/* Absolute-form target: returns the authority, or an empty slice. */
+static sg_slice_t absolute_authority(sg_slice_t target, int *bad)
+{
+    sg_slice_t none = {NULL, 0};
+    size_t skip = 0;
+    if (target.len >= 7 && sg_slice_eq_nocase(sg_slice(target.base, 7), SG_SLICE_LIT("http://")))
+        skip = 7;
+    else if (target.len >= 8 &&
+             sg_slice_eq_nocase(sg_slice(target.base, 8), SG_SLICE_LIT("https://")))
+        skip = 8;
+    if (!skip) return none;
+    size_t end = skip;
+    while (end < target.len && target.base[end] != '/' && target.base[end] != '?' &&
+           target.base[end] != '#') {
+        if (target.base[end] == '@') *bad = 1;
+        end++;
+    }
+    return sg_slice(target.base + skip, end - skip);
+}
+
+/* Checks the request shape a proxy must enforce beyond llhttp's framing, and
+ * picks the routing authority. Returns SG_ERR_NONE or the error to send. */
+static sg_err_t validate_request(sg_conn_t *c, const char **detail)
+{
+    const sg_http_request_t *r = &c->request;
+    const sg_header_t *host = NULL;
+    int te = 0;
+    for (size_t i = 0; i < r->n_headers; i++) {
+        const sg_header_t *h = &r->headers[i];
+        if (sg_slice_eq_nocase(h->name, SG_SLICE_LIT("host"))) {
+            if (host) {
+                *detail = "duplicate Host header";
+                return SG_ERR_BAD_REQUEST;
+            }
+            host = h;
+        } else if (sg_slice_eq_nocase(h->name, SG_SLICE_LIT("transfer-encoding"))) {
+            if (te++ || !sg_slice_eq_nocase(h->value, SG_SLICE_LIT("chunked"))) {
+                *detail = "unsupported Transfer-Encoding";
+                return SG_ERR_BAD_REQUEST;
+            }
+        }
+    }
+    if (te && r->minor_version == 0) {
+        *detail = "Transfer-Encoding in an HTTP/1.0 request";
+        return SG_ERR_BAD_REQUEST;
+    }
+    if (sg_slice_eq_nocase(r->method, SG_SLICE_LIT("CONNECT"))) {
+        *detail = "CONNECT is not supported";
+        return SG_ERR_BAD_REQUEST;
+    }
+    int bad = 0;
+    sg_slice_t authority = absolute_authority(r->target, &bad);
+    if (bad) {
+        *detail = "userinfo in request target";
+        return SG_ERR_BAD_REQUEST;
+    }
+    if (!authority.base && !(r->target.len && (r->target.base[0] == '/' ||
+                                               (r->target.len == 1 && r->target.base[0] == '*')))) {
+        *detail = "invalid request target";
+        return SG_ERR_BAD_REQUEST;
+    }
+    if (authority.base) {
+        if (host && !sg_slice_eq_nocase(host->value, authority)) return SG_ERR_HOST_CONFLICT;
+        c->host = authority;
+    } else if (host) {
+        c->host = host->value;
+    } else {
+        c->host = sg_slice(NULL, 0);
+    }
+    if (!host && r->minor_version >= 1) return SG_ERR_HOST_MISSING;
+    return SG_ERR_NONE;
+}
+
+static void on_request_head(sg_conn_t *c)
+{
+    sg_worker_t *w = c->w;
+    w->stats.requests++;
+    sg_h1_request_view(&c->req, c->req_head.base, &c->request);
+    const sg_http_request_t *r = &c->request;
+    c->keep_alive = llhttp_should_keep_alive(&c->req.llhttp) != 0;
+    c->head_method = sg_slice_eq_nocase(r->method, SG_SLICE_LIT("HEAD"));
+    const sg_header_t *upg = sg_http_find_header(r->headers, r->n_headers, SG_SLICE_LIT("upgrade"));
+    const sg_header_t *conn_h =
+        sg_http_find_header(r->headers, r->n_headers, SG_SLICE_LIT("connection"));
+    c->upgrade = upg && conn_h && r->minor_version >= 1 &&
+                 sg_http_value_has_token(conn_h->value, SG_SLICE_LIT("upgrade"));
+
+    const char *detail = NULL;
+    sg_err_t err = validate_request(c, &detail);
+    if (err != SG_ERR_NONE) {
+        c->keep_alive = 0;
+        sg_conn_send_error(c, err, detail, 0);
+        return;
+    }
+    err = sg_route_parse_host(c->host, w->config->domains, w->config->n_domains, c->host_lower,
+                              &c->route, &detail);
+    if (err != SG_ERR_NONE) {
+        sg_conn_send_error(c, err, err == SG_ERR_HOST_UNKNOWN_DOMAIN ? NULL : detail, 0);
+        return;
+    }
+    c->state = SG_CONN_ROUTING;
+    sg_conn_arm_timer(c, SG_TIMER_NONE, 0);
+    sg_strbuf_reset(&c->req_out);
+    c->lookup.data = c;
+    sg_sandbox_t *sb = NULL;
+    if (sg_lookup_start(&w->lookup, &c->lookup, c->route.id, lookup_cb, &err, &sb)) {
+        on_sandbox(c, err, sb);
+    } else {
+        c->lookup_pending = 1;
+    }
+}
+
+/* Parses what is new in req_head; acts when the head is complete. */
+static void head_input(sg_conn_t *c)
+{
+    const sg_config_t *cfg = c->w->config;
+    size_t consumed = 0;
+    llhttp_errno_t err =
+        sg_h1_execute(&c->req, c->req_head.base, c->req_head.base + c->req_parsed,
+                      c->req_head.len - c->req_parsed, &consumed);
+    c->req_parsed += consumed;
+    if (!c->req.headers_done) {
+        if (err != HPE_OK) {
+            c->keep_alive = 0;
+            sg_conn_send_error(c, c->req.too_many ? SG_ERR_HEADERS_TOO_LARGE : SG_ERR_BAD_REQUEST,
+                               c->req.too_many ? NULL : llhttp_errno_name(err), 0);
+            return;
+        }
+        if (c->req_head.len > cfg->max_header_bytes) {
+            int no_line = memmem(c->req_head.base, c->req_head.len, "\r\n", 2) == NULL;
+            sg_conn_send_error(c, no_line ? SG_ERR_URI_TOO_LONG : SG_ERR_HEADERS_TOO_LARGE, NULL,
+                               0);
+        }
+        return;
+    }
+    c->req_head_len = sg_h1_head_length(c->req_head.base, c->req_head.len);
+    if (!c->req_head_len || c->req_head_len > cfg->max_header_bytes) {
+        sg_conn_send_error(c, SG_ERR_HEADERS_TOO_LARGE, NULL, 0);
+        return;
+    }
+    const char *why = sg_h1_check_head_bytes(c->req_head.base, c->req_head_len);
+    if (why) {
+        sg_conn_send_error(c, SG_ERR_BAD_REQUEST, why, 0);
+        return;
+    }
+    if (err != HPE_OK) {
+        /* The head was fine but the body bytes that came with it are not. */
+        sg_h1_request_view(&c->req, c->req_head.base, &c->request);
+        sg_conn_send_error(c, SG_ERR_BAD_REQUEST, llhttp_errno_name(err), 0);
+        return;
+    }
+    on_request_head(c);
+}
+
+void sg_conn_accept(sg_worker_t *w, uv_stream_t *listener)
+{
+    sg_conn_t *c = calloc(1, sizeof(*c));
+    if (!c) abort();
+    c->w = w;
+    if (sg_stream_tcp_init(&c->client, &w->loop, &w->bufs) != 0) {
+        free(c);
+        return;
+    }
+    c->client.data = c;
+    uv_timer_init(&w->loop, &c->timer);
+    c->timer.data = c;
+    c->refs = 2;
+    c->next = w->conns;
+    if (c->next) c->next->prev = c;
+    w->conns = c;
+    w->stats.connections_accepted++;
+    w->stats.connections_open++;
+    if (uv_accept(listener, (uv_stream_t *)&c->client.tcp) != 0) {
+        sg_conn_close(c);
+        return;
+    }
+    uv_tcp_nodelay(&c->client.tcp, 1);
+    sg_peer_address(&c->client.tcp, c->client_addr, sizeof(c->client_addr));
+    sg_h1_init(&c->req, HTTP_REQUEST, SG_MAX_HEADERS);
+    sg_h1_init(&c->res, HTTP_RESPONSE, SG_MAX_HEADERS);
+    c->state = SG_CONN_HEAD;
+    sg_conn_arm_timer(c, SG_TIMER_HEAD, w->config->timeouts.request_head_ms);
+    sg_conn_update_reading(c);
+}

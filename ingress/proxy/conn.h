@@ -1,0 +1,137 @@
+/* One client connection and the request pipeline it runs (internal to
+ * proxy/). The connection owns its client stream, one timer and, while a
+ * request is in flight, one upstream connection taken from the worker's pool.
+ *
+ * Lifetime: refs counts the open handles (client stream, timer) plus every
+ * write in flight on either side; the memory is freed when it drops to 0,
+ * so callbacks that fire after conn_close still find valid memory. */
+#ifndef SG_PROXY_CONN_H
+#define SG_PROXY_CONN_H
+
+#include "core/strbuf.h"
+#include "http/h1.h"
+#include "proxy/worker.h"
+#include "route/host.h"
+
+typedef enum {
+    SG_CONN_HEAD,       /* reading a request head */
+    SG_CONN_ROUTING,    /* sandbox lookup pending */
+    SG_CONN_CONNECTING, /* upstream connect pending */
+    SG_CONN_PROXYING,   /* request and response flowing */
+    SG_CONN_TUNNEL,     /* after 101: raw bytes both ways */
+    SG_CONN_LINGER      /* last response queued; closing politely */
+} sg_conn_state_t;
+
+/* What the connection's single timer is measuring. IDLE and FLUSH compare
+ * against last_activity (refreshed by reads and completed writes) so busy
+ * streams never re-arm the timer per byte. */
+typedef enum {
+    SG_TIMER_NONE,
+    SG_TIMER_KEEPALIVE, /* idle between requests: close quietly */
+    SG_TIMER_HEAD,      /* request head incomplete: 408 */
+    SG_TIMER_RESPONSE,  /* waiting for the response head: 504 */
+    SG_TIMER_IDLE,      /* body stream or tunnel quiet: close */
+    SG_TIMER_FLUSH,     /* last response still being written: close when stuck */
+    SG_TIMER_LINGER     /* half-closed, draining unread input: close */
+} sg_timer_kind_t;
+
+/* A write of forwarded bytes: references a read buffer (zero-copy) or owns
+ * a heap copy. Recycled through the worker's free list. */
+struct sg_fwd_write_s {
+    sg_stream_write_t w;
+    sg_conn_t *conn;
+    sg_buf_t *buf;
+    char *heap;
+    int to_upstream;
+    sg_upstream_t *up; /* target when to_upstream */
+    sg_fwd_write_t *next_free;
+};
+
+struct sg_conn_s {
+    sg_worker_t *w;
+    sg_conn_t *prev, *next;
+    sg_stream_t client;
+    uv_timer_t timer;
+    int refs;
+    sg_conn_state_t state;
+    sg_timer_kind_t timer_kind;
+    uint64_t last_activity;
+    char client_addr[48];
+
+    /* request */
+    sg_h1_parser_t req;
+    sg_strbuf_t req_head; /* current head and what arrived with it */
+    size_t req_parsed;    /* bytes of req_head given to the parser */
+    size_t req_head_len;
+    sg_strbuf_t inbuf;    /* client bytes not yet processed (pipelined, early body) */
+    sg_http_request_t request;
+    sg_slice_t host;      /* routing authority (Host or absolute-form) */
+    char host_lower[SG_HOST_MAX + 1];
+    sg_route_t route;
+    sg_sandbox_t *sandbox;
+    sg_lookup_req_t lookup;
+    int lookup_pending;
+
+    /* upstream */
+    sg_upstream_t *up;
+    int up_pending;    /* connect in flight (up is NULL until it lands) */
+    sg_upstream_t *up_connecting;
+    int up_from_pool;
+    int retried;
+    sg_strbuf_t req_out;  /* rewritten head + body bytes that came with it */
+    sg_strbuf_t scratch;  /* mask expansion, error pages */
+
+    /* response */
+    sg_h1_parser_t res;
+    sg_strbuf_t res_head;
+    size_t res_parsed;
+    sg_strbuf_t res_out;
+    sg_http_response_t response;
+    int status;
+
+    unsigned keep_alive : 1;      /* client asked to keep the connection */
+    unsigned close_after : 1;     /* close the client connection after this response */
+    unsigned upgrade : 1;         /* request asked for an upgrade */
+    unsigned head_method : 1;
+    unsigned req_done : 1;        /* whole request handed to the upstream */
+    unsigned req_broken : 1;      /* upstream stopped taking the request body */
+    unsigned res_started : 1;     /* response bytes queued to the client */
+    unsigned res_done : 1;
+    unsigned up_junk : 1;         /* upstream sent bytes past its response */
+    unsigned client_paused : 1;   /* client reads stopped for backpressure */
+    unsigned upstream_paused : 1; /* upstream reads stopped for backpressure */
+    unsigned client_eof : 1, upstream_eof : 1;
+    unsigned awaiting_flush : 1;  /* next request waits for client writes */
+    unsigned closing : 1;
+    unsigned client_reading : 1;
+    unsigned counted_request : 1;
+    unsigned body_streamed : 1;   /* body bytes went upstream after req_out */
+    unsigned tunnel_close_pending : 1;
+    unsigned client_writes;       /* in flight to the client */
+    unsigned upstream_writes;     /* in flight to the upstream */
+};
+
+/* conn.c */
+void sg_conn_accept(sg_worker_t *w, uv_stream_t *listener);
+void sg_conn_close(sg_conn_t *c);
+/* Drops one reference; frees the connection at zero. */
+void sg_conn_unref(sg_conn_t *c);
+void sg_conn_send_error(sg_conn_t *c, sg_err_t err, const char *detail, int port);
+void sg_conn_arm_timer(sg_conn_t *c, sg_timer_kind_t kind, uint64_t ms);
+void sg_conn_update_reading(sg_conn_t *c);
+void sg_conn_request_finished(sg_conn_t *c);
+void sg_conn_client_flushed(sg_conn_t *c);
+void sg_conn_upstream_ready(sg_conn_t *c, sg_upstream_t *up, int from_pool);
+void sg_conn_feed_body(sg_conn_t *c, const char *data, size_t len, sg_buf_t *buf);
+void sg_conn_get_upstream(sg_conn_t *c, int fresh);
+
+/* relay.c: writes, backpressure, response and tunnel */
+void sg_relay_write(sg_conn_t *c, int to_upstream, const char *data, size_t len, sg_buf_t *buf);
+void sg_relay_write_copy(sg_conn_t *c, int to_upstream, const char *data, size_t len);
+void sg_relay_write_strbuf(sg_conn_t *c, int to_upstream, sg_strbuf_t *sb);
+void sg_relay_upstream_read_cb(sg_stream_t *s, ssize_t nread, sg_buf_t *buf);
+void sg_relay_tunnel_client_data(sg_conn_t *c, ssize_t nread, sg_buf_t *buf);
+void sg_relay_detach_upstream(sg_conn_t *c, int reusable);
+void sg_fwd_write_free_all(sg_worker_t *w);
+
+#endif

@@ -1,0 +1,377 @@
+/* The byte-moving half of the pipeline: zero-copy forwarding with
+ * backpressure, the response head and body, and 101 tunnels. */
+#include "proxy/conn.h"
+
+#include "core/log.h"
+#include "http/rewrite.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* Backpressure: stop reading a side once the other's queue holds this much
+ * (bytes) or this many writes (each pins one pooled read buffer). Resume
+ * below the low-water mark. Bounds memory per connection. */
+#define SG_HIGH_WATER (512 * 1024)
+#define SG_LOW_WATER (128 * 1024)
+#define SG_MAX_WRITES 16
+#define SG_MAX_RESPONSE_HEAD (128 * 1024)
+
+static sg_fwd_write_t *fwd_get(sg_worker_t *w)
+{
+    sg_fwd_write_t *fw = w->free_writes;
+    if (fw) {
+        w->free_writes = fw->next_free;
+    } else {
+        fw = malloc(sizeof(*fw));
+        if (!fw) abort();
+    }
+    memset(fw, 0, sizeof(*fw));
+    return fw;
+}
+
+static void fwd_put(sg_worker_t *w, sg_fwd_write_t *fw)
+{
+    fw->next_free = w->free_writes;
+    w->free_writes = fw;
+}
+
+void sg_fwd_write_free_all(sg_worker_t *w)
+{
+    while (w->free_writes) {
+        sg_fwd_write_t *fw = w->free_writes;
+        w->free_writes = fw->next_free;
+        free(fw);
+    }
+}
+
+static void set_upstream_reading(sg_conn_t *c)
+{
+    if (!c->up) return;
+    if (c->upstream_paused || c->upstream_eof)
+        sg_stream_read_stop(&c->up->stream);
+    else
+        sg_stream_read_start(&c->up->stream, sg_relay_upstream_read_cb);
+}
+
+static void tunnel_maybe_close(sg_conn_t *c)
+{
+    if (c->client_eof && c->upstream_eof && !c->client_writes && !c->upstream_writes)
+        sg_conn_close(c);
+}
+
+static void fwd_write_cb(sg_stream_write_t *sw, int status)
+{
+    sg_fwd_write_t *fw = sw->data;
+    sg_conn_t *c = fw->conn;
+    sg_worker_t *w = c->w;
+    int to_upstream = fw->to_upstream;
+    sg_upstream_t *target = fw->up;
+    if (fw->buf) sg_buf_unref(fw->buf);
+    free(fw->heap);
+    fwd_put(w, fw);
+    if (to_upstream)
+        c->upstream_writes--;
+    else
+        c->client_writes--;
+
+    if (c->closing || (to_upstream && target != c->up)) {
+        /* Closed connection, or a write to an upstream we already let go. */
+    } else if (status < 0) {
+        if (!to_upstream) {
+            sg_conn_close(c);
+        } else if (c->state == SG_CONN_TUNNEL) {
+            sg_conn_close(c);
+        } else {
+            /* The sandbox stopped taking the request; its read side decides
+             * between a response it already sent and a 502. */
+            c->req_broken = 1;
+            c->close_after = 1;
+        }
+    } else {
+        c->last_activity = uv_now(&w->loop);
+        if (to_upstream && c->client_paused && c->up->stream.write_queue_bytes < SG_LOW_WATER &&
+            c->upstream_writes < SG_MAX_WRITES / 2) {
+            c->client_paused = 0;
+            sg_conn_update_reading(c);
+        } else if (!to_upstream && c->upstream_paused &&
+                   c->client.write_queue_bytes < SG_LOW_WATER &&
+                   c->client_writes < SG_MAX_WRITES / 2) {
+            c->upstream_paused = 0;
+            set_upstream_reading(c);
+        }
+        if (!to_upstream && !c->client_writes) sg_conn_client_flushed(c);
+        if (c->state == SG_CONN_TUNNEL) tunnel_maybe_close(c);
+    }
+    sg_conn_unref(c);
+}
+
+static void submit(sg_conn_t *c, sg_fwd_write_t *fw, int to_upstream, const char *data,
+                   size_t len)
+{
+    sg_stream_t *dst = to_upstream ? &c->up->stream : &c->client;
+    fw->conn = c;
+    fw->to_upstream = to_upstream;
+    fw->up = to_upstream ? c->up : NULL;
+    fw->w.data = fw;
+    uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+    c->refs++;
+    if (to_upstream)
+        c->upstream_writes++;
+    else
+        c->client_writes++, c->w->stats.bytes_out += len;
+    int rc = sg_stream_write(dst, &fw->w, &b, 1, fwd_write_cb);
+    if (rc) {
+        /* Report like an asynchronous failure so there is one error path. */
+        sg_log_debug("write failed: %s", uv_strerror(rc));
+        fw->w.stream = dst;
+        fwd_write_cb(&fw->w, rc);
+        return;
+    }
+    /* The source pauses while the destination's queue is deep. */
+    if (dst->write_queue_bytes > SG_HIGH_WATER ||
+        (to_upstream ? c->upstream_writes : c->client_writes) >= SG_MAX_WRITES) {
+        if (to_upstream && !c->client_paused) {
+            c->client_paused = 1;
+            sg_conn_update_reading(c);
+        } else if (!to_upstream && !c->upstream_paused) {
+            c->upstream_paused = 1;
+            set_upstream_reading(c);
+        }
+    }
+}
+
+void sg_relay_write(sg_conn_t *c, int to_upstream, const char *data, size_t len, sg_buf_t *buf)
+{
+    if (!len || c->closing || (to_upstream && !c->up)) return;
+    sg_fwd_write_t *fw = fwd_get(c->w);
+    fw->buf = buf;
+    sg_buf_ref(buf);
+    submit(c, fw, to_upstream, data, len);
+}
+
+void sg_relay_write_copy(sg_conn_t *c, int to_upstream, const char *data, size_t len)
+{
+    while (len && !c->closing) {
+        sg_buf_t *b = sg_buf_alloc(&c->w->bufs);
+        size_t n = len < b->cap ? len : b->cap;
+        memcpy(b->data, data, n);
+        sg_relay_write(c, to_upstream, b->data, n, b);
+        sg_buf_unref(b);
+        data += n;
+        len -= n;
+    }
+}
+
+void sg_relay_write_strbuf(sg_conn_t *c, int to_upstream, sg_strbuf_t *sb)
+{
+    /* The strbuf belongs to the connection and is not reused before this
+     * request's writes have completed (next_request waits for the flush). */
+    if (!sb->len || c->closing || (to_upstream && !c->up)) return;
+    submit(c, fwd_get(c->w), to_upstream, sb->base, sb->len);
+}
+
+static void write_heap_copy(sg_conn_t *c, int to_upstream, const char *data, size_t len)
+{
+    if (!len || c->closing) return;
+    sg_fwd_write_t *fw = fwd_get(c->w);
+    fw->heap = malloc(len);
+    if (!fw->heap) abort();
+    memcpy(fw->heap, data, len);
+    submit(c, fw, to_upstream, fw->heap, len);
+}
+
+void sg_relay_detach_upstream(sg_conn_t *c, int reusable)
+{
+    sg_upstream_t *up = c->up;
+    if (!up) return;
+    c->up = NULL;
+    c->upstream_paused = 0;
+    sg_stream_read_stop(&up->stream);
+    up->stream.data = up;
+    sg_upstream_release(up, reusable);
+}
+
+static void response_complete(sg_conn_t *c)
+{
+    c->res_done = 1;
+    int reusable = !c->up_junk && c->req_done && !c->req_broken &&
+                   llhttp_should_keep_alive(&c->res.llhttp);
+    sg_relay_detach_upstream(c, reusable);
+    sg_conn_request_finished(c);
+}
+
+static void tunnel_start(sg_conn_t *c)
+{
+    c->state = SG_CONN_TUNNEL;
+    c->w->stats.tunnels_open++;
+    sg_conn_arm_timer(c, SG_TIMER_IDLE, c->w->config->timeouts.stream_idle_ms);
+    /* Upstream bytes that followed the 101 head, and client bytes that
+     * followed the upgrade request, start the tunnel in order. */
+    if (c->res_parsed < c->res_head.len)
+        sg_relay_write_copy(c, 0, c->res_head.base + c->res_parsed,
+                            c->res_head.len - c->res_parsed);
+    if (c->inbuf.len) {
+        sg_relay_write_copy(c, 1, c->inbuf.base, c->inbuf.len);
+        sg_strbuf_reset(&c->inbuf);
+    }
+    sg_conn_update_reading(c);
+}
+
+static void final_head(sg_conn_t *c, size_t head_len)
+{
+    sg_h1_response_view(&c->res, c->res_head.base, head_len, &c->response);
+    c->status = c->response.status;
+    int tunnel = c->status == 101;
+    if (!tunnel && llhttp_message_needs_eof(&c->res.llhttp)) c->close_after = 1;
+    int client_keep = c->keep_alive && !c->close_after;
+    sg_strbuf_reset(&c->res_out);
+    sg_http_rewrite_response(&c->response, client_keep, c->request.minor_version, &c->res_out);
+    size_t body_end = tunnel ? head_len : c->res_parsed;
+    sg_strbuf_append(&c->res_out, c->res_head.base + head_len, body_end - head_len);
+    c->res_started = 1;
+    sg_relay_write_strbuf(c, 0, &c->res_out);
+    if (tunnel) {
+        c->res_parsed = head_len;
+        tunnel_start(c);
+        return;
+    }
+    sg_conn_arm_timer(c, SG_TIMER_IDLE, c->w->config->timeouts.stream_idle_ms);
+    if (c->res.message_done) {
+        if (c->res_parsed < c->res_head.len) c->up_junk = 1;
+        response_complete(c);
+    }
+}
+
+/* Accumulates and parses the response head; forwards interim (1xx) heads
+ * as they come. */
+static void response_head_input(sg_conn_t *c)
+{
+    for (;;) {
+        size_t consumed = 0;
+        llhttp_errno_t err =
+            sg_h1_execute(&c->res, c->res_head.base, c->res_head.base + c->res_parsed,
+                          c->res_head.len - c->res_parsed, &consumed);
+        c->res_parsed += consumed;
+        if (err != HPE_OK) {
+            sg_log_info("sandbox %.*s: invalid response: %s", (int)c->route.id.len,
+                        c->route.id.base, llhttp_errno_name(err));
+            c->up_junk = 1;
+            sg_conn_send_error(c, SG_ERR_UPSTREAM_BAD_RESPONSE, llhttp_errno_name(err), 0);
+            return;
+        }
+        if (!c->res.headers_done) {
+            if (c->res_head.len > SG_MAX_RESPONSE_HEAD)
+                sg_conn_send_error(c, SG_ERR_UPSTREAM_BAD_RESPONSE, "response head too large", 0);
+            return;
+        }
+        size_t head_len = sg_h1_head_length(c->res_head.base, c->res_head.len);
+        if (!head_len) {
+            sg_conn_send_error(c, SG_ERR_UPSTREAM_BAD_RESPONSE, "malformed response head", 0);
+            return;
+        }
+        int status = c->res.llhttp.status_code;
+        if (status >= 200 || status == 101) {
+            final_head(c, head_len);
+            return;
+        }
+        /* Interim response (100 Continue, 103 Early Hints): pass it on to
+         * HTTP/1.1 clients, then parse what follows as a new response. */
+        if (c->request.minor_version >= 1) write_heap_copy(c, 0, c->res_head.base, head_len);
+        size_t rest = c->res_head.len - c->res_parsed;
+        memmove(c->res_head.base, c->res_head.base + c->res_parsed, rest);
+        c->res_head.len = rest;
+        c->res_parsed = 0;
+        int skip = c->res.skip_body, upg = c->res.expect_upgrade;
+        sg_h1_reset(&c->res, HTTP_RESPONSE);
+        c->res.skip_body = skip;
+        c->res.expect_upgrade = upg;
+        if (!rest) return;
+    }
+}
+
+static void response_body_input(sg_conn_t *c, const char *data, size_t len, sg_buf_t *buf)
+{
+    size_t consumed = 0;
+    llhttp_errno_t err = sg_h1_execute(&c->res, NULL, data, len, &consumed);
+    if (consumed) sg_relay_write(c, 0, data, consumed, buf);
+    if (err != HPE_OK) {
+        sg_log_info("sandbox %.*s: invalid response body: %s", (int)c->route.id.len,
+                    c->route.id.base, llhttp_errno_name(err));
+        sg_conn_close(c); /* head already sent: cut */
+        return;
+    }
+    if (c->res.message_done) {
+        if (consumed < len) c->up_junk = 1;
+        response_complete(c);
+    }
+}
+
+static void upstream_ended(sg_conn_t *c, ssize_t nread)
+{
+    if (c->state == SG_CONN_TUNNEL) {
+        if (nread != UV_EOF) {
+            sg_conn_close(c);
+            return;
+        }
+        c->upstream_eof = 1;
+        sg_stream_read_stop(&c->up->stream);
+        if (!c->client_eof) sg_stream_shutdown(&c->client, NULL);
+        tunnel_maybe_close(c);
+        return;
+    }
+    if (c->res.headers_done) {
+        if (nread == UV_EOF && llhttp_message_needs_eof(&c->res.llhttp) &&
+            sg_h1_finish(&c->res) == HPE_OK) {
+            c->close_after = 1;
+            c->up_junk = 1; /* a closed connection is not reusable */
+            response_complete(c);
+            return;
+        }
+        sg_conn_close(c); /* truncated body: the client must see a cut */
+        return;
+    }
+    if (c->up_from_pool && !c->retried && !c->res_head.len && c->req_done && !c->body_streamed) {
+        /* A pooled connection the sandbox closed while idle: the request
+         * never reached it, so it is safe to send it again on a fresh one. */
+        c->retried = 1;
+        sg_relay_detach_upstream(c, 0);
+        sg_conn_get_upstream(c, 1);
+        return;
+    }
+    sg_conn_send_error(c, c->res_head.len ? SG_ERR_UPSTREAM_BAD_RESPONSE : SG_ERR_UPSTREAM_CLOSED,
+                       nread == UV_EOF ? NULL : uv_strerror((int)nread), 0);
+}
+
+void sg_relay_upstream_read_cb(sg_stream_t *s, ssize_t nread, sg_buf_t *buf)
+{
+    sg_conn_t *c = s->data;
+    if (c->closing) return;
+    if (nread < 0) {
+        upstream_ended(c, nread);
+        return;
+    }
+    c->last_activity = uv_now(&c->w->loop);
+    if (c->state == SG_CONN_TUNNEL) {
+        sg_relay_write(c, 0, buf->data, (size_t)nread, buf);
+    } else if (!c->res.headers_done) {
+        sg_strbuf_append(&c->res_head, buf->data, (size_t)nread);
+        response_head_input(c);
+    } else {
+        response_body_input(c, buf->data, (size_t)nread, buf);
+    }
+}
+
+void sg_relay_tunnel_client_data(sg_conn_t *c, ssize_t nread, sg_buf_t *buf)
+{
+    if (nread > 0) {
+        sg_relay_write(c, 1, buf->data, (size_t)nread, buf);
+        return;
+    }
+    if (nread != UV_EOF || !c->up) {
+        sg_conn_close(c);
+        return;
+    }
+    /* Half-close travels through: the sandbox sees FIN after our queue. */
+    sg_stream_shutdown(&c->up->stream, NULL);
+    tunnel_maybe_close(c);
+}

@@ -1,0 +1,113 @@
+"""Keep-alive: pipelined requests answered in order, upstream connections
+pooled per (sandbox, address, port)."""
+
+import hashlib
+
+from client import Conn, build_request
+
+
+def test_pipelining_20_requests_in_one_send(sg, backends):
+    a, b = backends
+    reqs = []
+    expect = []
+    for i in range(20):
+        sid, be = (("abc", a) if i % 3 else ("def", b))
+        host = sg.host(be.port, sid)
+        if i % 4 == 1:
+            body = (b"body-%d-" % i) * (i * 50 + 1)
+            reqs.append(build_request("POST", "/echo?i=%d" % i, host, body=body))
+            expect.append(("echo", i, sid, hashlib.sha256(body).hexdigest(), len(body)))
+        elif i % 4 == 2:
+            reqs.append(build_request("GET", "/download?size=%d&mode=chunked&chunk=999&i=%d" % (5000 + i, i), host))
+            expect.append(("download", i, sid, None, 5000 + i))
+        else:
+            reqs.append(build_request("GET", "/echo?i=%d" % i, host))
+            expect.append(("echo", i, sid, None, 0))
+    with Conn(sg.port, timeout=20) as c:
+        c.send(b"".join(reqs))
+        for kind, i, sid, sha, n in expect:
+            r = c.read_response()
+            assert r.status == 200, (i, r)
+            if kind == "echo":
+                doc = r.json()
+                assert doc["target"] == "/echo?i=%d" % i, (i, doc["target"])
+                assert doc["backend"] == sid
+                assert doc["body_len"] == n
+                if sha:
+                    assert doc["body_sha256"] == sha
+            else:
+                assert len(r.body) == n, (i, len(r.body))
+        # nothing extra
+        c.sock.settimeout(0.3)
+        try:
+            assert c.sock.recv(100) == b""
+        except OSError:
+            pass
+
+
+def test_sequential_requests_reuse_one_upstream_connection(sg, backends):
+    a, _ = backends
+    ids = []
+    with Conn(sg.port) as c:
+        for i in range(5):
+            r = c.request("GET", "/echo?seq=%d" % i, host=sg.host(a.port))
+            assert r.status == 200, r
+            ids.append((r.json()["conn_id"], tuple(r.json()["peer"])))
+    assert len(set(ids)) == 1, ids
+    assert len(a.conns) == 1, [(c.id, c.peer) for c in a.conns]
+
+
+def test_separate_client_connections_share_pooled_upstream(sg, backends):
+    a, _ = backends
+    ids = []
+    for i in range(4):
+        with Conn(sg.port) as c:
+            r = c.request("POST", "/echo?client=%d" % i, host=sg.host(a.port), body=b"x" * i)
+            assert r.status == 200, r
+            ids.append(r.json()["conn_id"])
+    assert len(set(ids)) == 1, ids
+    assert len(a.conns) == 1, [(c.id, c.peer) for c in a.conns]
+
+
+def test_pool_is_keyed_by_sandbox_address_and_port(sg, backends, raw_backend_factory):
+    a, b = backends
+    a2 = raw_backend_factory("127.0.0.2", name="abc-other-port")
+    seen = {}
+    for _ in range(3):
+        for sid, be in (("abc", a), ("def", b), ("abc", a2)):
+            with Conn(sg.port) as c:
+                r = c.request("GET", "/echo", host=sg.host(be.port, sid))
+                assert r.status == 200, r
+                doc = r.json()
+                assert doc["backend"] == be.name
+                seen.setdefault(be.name, set()).add(doc["conn_id"])
+    assert {k: len(v) for k, v in seen.items()} == {"abc": 1, "def": 1, "abc-other-port": 1}
+
+
+def test_upstream_closed_pooled_connection_is_not_reused(sg, backends):
+    """The backend closes its idle keep-alive connection; the next request
+    must succeed on a fresh connection instead of failing."""
+    a, _ = backends
+    with Conn(sg.port) as c:
+        r1 = c.request("GET", "/echo?n=1", host=sg.host(a.port))
+        assert r1.status == 200
+        import socket
+        import time
+
+        for bc in list(a.conns):
+            bc.sock.shutdown(socket.SHUT_RDWR)
+        time.sleep(0.3)
+        r2 = c.request("GET", "/echo?n=2", host=sg.host(a.port))
+    assert r2.status == 200, r2
+    assert r2.json()["conn_id"] != r1.json()["conn_id"]
+
+
+def test_connection_close_from_client(sg, backends):
+    a, _ = backends
+    with Conn(sg.port) as c:
+        r = c.request("GET", "/echo", host=sg.host(a.port), headers=[("Connection", "close")])
+        assert r.status == 200
+        from httpio import wait_closed
+
+        how, extra = wait_closed(c.sock, 3)
+    assert how is not None and extra == b"", "connection left open after Connection: close"
