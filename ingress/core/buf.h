@@ -25,9 +25,9 @@ struct sg_buf_pool_s {
     uint32_t buf_size;   /* cap of every buffer */
     sg_buf_t *free_list; /* recycled buffers */
     size_t n_free;
-    size_t max_free;     /* beyond this, released buffers are freed */
-    size_t n_live;       /* buffers handed out and not yet returned */
-    uint64_t n_allocs;   /* malloc calls made (warm pools stop allocating) */
+    size_t max_free;   /* beyond this, released buffers are freed */
+    size_t n_live;     /* buffers handed out and not yet returned */
+    uint64_t n_allocs; /* malloc calls made (warm pools stop allocating) */
 };
 
 void sg_buf_pool_init(sg_buf_pool_t *pool, uint32_t buf_size, size_t max_free);

@@ -12,7 +12,8 @@ int sg_log_parse_level(const char *name, sg_log_level_t *out);
 int sg_log_enabled(sg_log_level_t level);
 void sg_log(sg_log_level_t level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-#define sg_log_debug(...) (sg_log_enabled(SG_LOG_DEBUG) ? sg_log(SG_LOG_DEBUG, __VA_ARGS__) : (void)0)
+#define sg_log_debug(...)                                                                          \
+    (sg_log_enabled(SG_LOG_DEBUG) ? sg_log(SG_LOG_DEBUG, __VA_ARGS__) : (void)0)
 #define sg_log_info(...) sg_log(SG_LOG_INFO, __VA_ARGS__)
 #define sg_log_warn(...) sg_log(SG_LOG_WARN, __VA_ARGS__)
 #define sg_log_error(...) sg_log(SG_LOG_ERROR, __VA_ARGS__)

@@ -26,9 +26,9 @@ typedef struct {
     uint32_t first_off, first_len; /* method / reason-phrase span */
     uint32_t target_off, target_len;
     unsigned in_field : 1, in_value : 1, headers_done : 1, message_done : 1, too_many : 1;
-    unsigned skip_body : 1; /* response parser: caller says no body (HEAD) */
+    unsigned skip_body : 1;      /* response parser: caller says no body (HEAD) */
     unsigned expect_upgrade : 1; /* response parser: request asked to upgrade */
-    sg_header_t *headers;   /* materialised view, reused */
+    sg_header_t *headers;        /* materialised view, reused */
     size_t cap_headers;
 } sg_h1_parser_t;
 

@@ -52,14 +52,18 @@ typedef struct {
 
 struct sg_stream_s {
     const sg_stream_ops_t *ops;
-    uv_tcp_t tcp;       /* the socket; tcp.data points back to this stream */
+    uv_tcp_t tcp;        /* the socket; tcp.data points back to this stream */
     sg_buf_pool_t *pool; /* read buffers come from here */
-    void *data;         /* owner's */
+    void *data;          /* owner's */
     sg_stream_read_cb read_cb;
     sg_stream_shutdown_cb shutdown_cb;
     sg_stream_close_cb close_cb;
     size_t write_queue_bytes; /* accepted by write(), not yet completed */
     const char *server_name;  /* TLS: the SNI sent by the client, else NULL */
+    /* TLS: fires once when the handshake completes, before any read
+     * callback delivers plaintext. Set by the owner; may be NULL. */
+    void (*on_handshake)(sg_stream_t *s);
+    unsigned is_tls : 1;
     unsigned reading : 1;
     unsigned closing : 1;
 };

@@ -3,7 +3,6 @@
 
 #include <stdlib.h>
 
-
 static void tcp_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *out)
 {
     sg_stream_t *s = h->data;

@@ -145,7 +145,8 @@ static void reconnect_closed_cb(sg_stream_t *s)
     uint64_t wait = up->backoff_ms;
     if (now + wait > up->deadline) wait = up->deadline > now ? up->deadline - now : 0;
     uv_timer_start(&up->timer, backoff_timer_cb, wait, 0);
-    up->backoff_ms = up->backoff_ms * 2 > SG_BACKOFF_MAX_MS ? SG_BACKOFF_MAX_MS : up->backoff_ms * 2;
+    up->backoff_ms =
+        up->backoff_ms * 2 > SG_BACKOFF_MAX_MS ? SG_BACKOFF_MAX_MS : up->backoff_ms * 2;
 }
 
 static void connect_cb(uv_connect_t *req, int status)
@@ -180,8 +181,8 @@ static int connect_attempt(sg_upstream_t *up)
     up->state = SG_UP_CONNECTING;
     up->attempts++;
     up->connect_req.data = up;
-    int rc = uv_tcp_connect(&up->connect_req, &up->stream.tcp,
-                            (const struct sockaddr *)&up->addr, connect_cb);
+    int rc = uv_tcp_connect(&up->connect_req, &up->stream.tcp, (const struct sockaddr *)&up->addr,
+                            connect_cb);
     if (rc) return rc;
     uv_timer_start(&up->timer, connect_timeout_cb, up->opts.connect_timeout_ms, 0);
     return 0;

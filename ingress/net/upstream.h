@@ -53,7 +53,7 @@ typedef struct {
     uint64_t misses;      /* requests that needed a new connection */
     uint64_t connects_ok; /* successful connects */
     uint64_t connect_failures;
-    uint64_t open;        /* connections currently open (any state) */
+    uint64_t open; /* connections currently open (any state) */
 } sg_upstream_stats_t;
 
 struct sg_upstream_pool_s {

@@ -7,6 +7,7 @@
 #include "http/rewrite.h"
 #include "net/listener.h"
 #include "route/mask.h"
+#include "tls/tls.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -91,6 +92,10 @@ static void timer_cb(uv_timer_t *t)
         return;
     case SG_TIMER_RESPONSE:
         sg_conn_send_error(c, SG_ERR_UPSTREAM_HEAD_TIMEOUT, NULL, 0);
+        return;
+    case SG_TIMER_HANDSHAKE:
+        sg_log_debug("conn %s: TLS handshake timeout", c->client_addr);
+        sg_conn_close(c);
         return;
     case SG_TIMER_KEEPALIVE:
     case SG_TIMER_LINGER:
@@ -227,14 +232,14 @@ void sg_conn_send_error(sg_conn_t *c, sg_err_t err, const char *detail, int port
     if (c->res_started) {
         /* Bytes of a response already went out: the only honest signal left
          * is cutting the connection. */
-        sg_log_debug("conn %s: %s after response start, cutting", c->client_addr,
-                     sg_err_name(err));
+        sg_log_debug("conn %s: %s after response start, cutting", c->client_addr, sg_err_name(err));
         c->w->stats.errors[err]++;
         sg_conn_close(c);
         return;
     }
     if (c->up) sg_relay_detach_upstream(c, 0);
-    int html = c->req.headers_done && sg_errpage_wants_html(c->request.headers, c->request.n_headers);
+    int html =
+        c->req.headers_done && sg_errpage_wants_html(c->request.headers, c->request.n_headers);
     /* Keep the connection only when the request was read to its end. */
     int keep = c->keep_alive && c->req.message_done && err != SG_ERR_REQUEST_TIMEOUT &&
                sg_err_status(err) != 400 && sg_err_status(err) != 431 && sg_err_status(err) != 414;
@@ -404,7 +409,7 @@ void sg_conn_upstream_ready(sg_conn_t *c, sg_upstream_t *up, int from_pool)
         const sg_sandbox_t *sb = c->sandbox;
         sg_rewrite_request_params_t p = {
             .client_addr = sg_slice_cstr(c->client_addr),
-            .proto = SG_SLICE_LIT("http"),
+            .proto = c->client.is_tls ? SG_SLICE_LIT("https") : SG_SLICE_LIT("http"),
             .upgrade = c->upgrade,
         };
         sg_strbuf_reset(&c->scratch);
@@ -520,6 +525,48 @@ static sg_err_t validate_request(sg_conn_t *c, const char **detail)
     return SG_ERR_NONE;
 }
 
+/* SNI and Host must agree: the connection's certificate covers the Host,
+ * and the SNI (when sent) lies under the same served domain. Returns NULL or
+ * the reason for a 421. */
+static const char *tls_mismatch(sg_conn_t *c)
+{
+    size_t hl = strlen(c->host_lower);
+    if (!sg_tls_stream_covers_host(&c->client, c->host_lower, hl))
+        return "the certificate of this connection does not cover the Host";
+    const char *sni = c->client.server_name;
+    if (!sni) return NULL;
+    sg_slice_t dom = sg_slice_cstr(c->w->config->domains[c->route.domain_index]);
+    sg_slice_t name = sg_slice_cstr(sni);
+    if (name.len > dom.len && name.base[name.len - dom.len - 1] == '.' &&
+        sg_slice_eq_nocase(sg_slice(name.base + name.len - dom.len, dom.len), dom))
+        return NULL;
+    return "the Host is under a different domain than the TLS server name";
+}
+
+/* Plain listener in redirect mode: 308 to the same URL over HTTPS. */
+static void send_redirect(sg_conn_t *c)
+{
+    sg_strbuf_t *b = &c->res_out;
+    sg_strbuf_reset(b);
+    sg_slice_t t = c->request.target;
+    if (!t.len || t.base[0] != '/') t = SG_SLICE_LIT("/");
+    uint16_t port = c->w->https_port;
+    sg_strbuf_appendf(b, "HTTP/1.1 308 Permanent Redirect\r\nLocation: https://%s", c->host_lower);
+    if (port && port != 443) sg_strbuf_appendf(b, ":%u", port);
+    sg_strbuf_append_slice(b, t);
+    sg_strbuf_appendf(b, "\r\nContent-Length: 0\r\n%s\r\n",
+                      c->keep_alive && c->req.message_done ? "" : "Connection: close\r\n");
+    c->status = 308;
+    c->res_started = c->res_done = 1;
+    c->req_done = c->req.message_done;
+    c->w->stats.responses_by_class[3]++;
+    sg_relay_write_strbuf(c, 0, b);
+    int keep = c->keep_alive && c->req.message_done;
+    c->state = keep ? SG_CONN_HEAD : SG_CONN_LINGER;
+    c->awaiting_flush = keep;
+    sg_conn_arm_timer(c, SG_TIMER_FLUSH, c->w->config->timeouts.stream_idle_ms);
+}
+
 static void on_request_head(sg_conn_t *c)
 {
     sg_worker_t *w = c->w;
@@ -547,6 +594,16 @@ static void on_request_head(sg_conn_t *c)
         sg_conn_send_error(c, err, err == SG_ERR_HOST_UNKNOWN_DOMAIN ? NULL : detail, 0);
         return;
     }
+    if (c->client.is_tls) {
+        detail = tls_mismatch(c);
+        if (detail) {
+            sg_conn_send_error(c, SG_ERR_MISDIRECTED, detail, 0);
+            return;
+        }
+    } else if (w->config->tls.redirect_http) {
+        send_redirect(c);
+        return;
+    }
     c->state = SG_CONN_ROUTING;
     sg_conn_arm_timer(c, SG_TIMER_NONE, 0);
     sg_strbuf_reset(&c->req_out);
@@ -564,9 +621,8 @@ static void head_input(sg_conn_t *c)
 {
     const sg_config_t *cfg = c->w->config;
     size_t consumed = 0;
-    llhttp_errno_t err =
-        sg_h1_execute(&c->req, c->req_head.base, c->req_head.base + c->req_parsed,
-                      c->req_head.len - c->req_parsed, &consumed);
+    llhttp_errno_t err = sg_h1_execute(&c->req, c->req_head.base, c->req_head.base + c->req_parsed,
+                                       c->req_head.len - c->req_parsed, &consumed);
     c->req_parsed += consumed;
     if (!c->req.headers_done) {
         if (err != HPE_OK) {
@@ -601,16 +657,29 @@ static void head_input(sg_conn_t *c)
     on_request_head(c);
 }
 
-void sg_conn_accept(sg_worker_t *w, uv_stream_t *listener)
+static void on_handshake(sg_stream_t *s)
 {
-    sg_conn_t *c = calloc(1, sizeof(*c));
+    sg_conn_t *c = s->data;
+    sg_conn_arm_timer(c, SG_TIMER_HEAD, c->w->config->timeouts.request_head_ms);
+}
+
+void sg_conn_accept(sg_worker_t *w, sg_listener_t *listener)
+{
+    int tls = listener->tls && w->snap->tls;
+    size_t extra = tls && sg_tls_stream_size > sizeof(sg_stream_t)
+                       ? sg_tls_stream_size - sizeof(sg_stream_t)
+                       : 0;
+    sg_conn_t *c = calloc(1, sizeof(*c) + extra);
     if (!c) abort();
     c->w = w;
-    if (sg_stream_tcp_init(&c->client, &w->loop, &w->bufs) != 0) {
+    int rc = tls ? sg_tls_stream_init(&c->client, &w->loop, &w->bufs, w->snap->tls, &w->tls_stats)
+                 : sg_stream_tcp_init(&c->client, &w->loop, &w->bufs);
+    if (rc != 0) {
         free(c);
         return;
     }
     c->client.data = c;
+    c->client.on_handshake = tls ? on_handshake : NULL;
     uv_timer_init(&w->loop, &c->timer);
     c->timer.data = c;
     c->refs = 2;
@@ -619,7 +688,8 @@ void sg_conn_accept(sg_worker_t *w, uv_stream_t *listener)
     w->conns = c;
     w->stats.connections_accepted++;
     w->stats.connections_open++;
-    if (uv_accept(listener, (uv_stream_t *)&c->client.tcp) != 0) {
+    if (uv_accept((uv_stream_t *)&listener->tcp, (uv_stream_t *)&c->client.tcp) != 0 ||
+        (tls && sg_tls_stream_attach(&c->client) != 0)) {
         sg_conn_close(c);
         return;
     }
@@ -628,6 +698,9 @@ void sg_conn_accept(sg_worker_t *w, uv_stream_t *listener)
     sg_h1_init(&c->req, HTTP_REQUEST, SG_MAX_HEADERS);
     sg_h1_init(&c->res, HTTP_RESPONSE, SG_MAX_HEADERS);
     c->state = SG_CONN_HEAD;
-    sg_conn_arm_timer(c, SG_TIMER_HEAD, w->config->timeouts.request_head_ms);
+    if (tls)
+        sg_conn_arm_timer(c, SG_TIMER_HANDSHAKE, w->config->tls.handshake_timeout_ms);
+    else
+        sg_conn_arm_timer(c, SG_TIMER_HEAD, w->config->timeouts.request_head_ms);
     sg_conn_update_reading(c);
 }

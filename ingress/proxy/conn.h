@@ -32,7 +32,8 @@ typedef enum {
     SG_TIMER_RESPONSE,  /* waiting for the response head: 504 */
     SG_TIMER_IDLE,      /* body stream or tunnel quiet: close */
     SG_TIMER_FLUSH,     /* last response still being written: close when stuck */
-    SG_TIMER_LINGER     /* half-closed, draining unread input: close */
+    SG_TIMER_LINGER,    /* half-closed, draining unread input: close */
+    SG_TIMER_HANDSHAKE  /* TLS handshake incomplete: close quietly */
 } sg_timer_kind_t;
 
 /* A write of forwarded bytes: references a read buffer (zero-copy) or owns
@@ -50,7 +51,6 @@ struct sg_fwd_write_s {
 struct sg_conn_s {
     sg_worker_t *w;
     sg_conn_t *prev, *next;
-    sg_stream_t client;
     uv_timer_t timer;
     int refs;
     sg_conn_state_t state;
@@ -63,9 +63,9 @@ struct sg_conn_s {
     sg_strbuf_t req_head; /* current head and what arrived with it */
     size_t req_parsed;    /* bytes of req_head given to the parser */
     size_t req_head_len;
-    sg_strbuf_t inbuf;    /* client bytes not yet processed (pipelined, early body) */
+    sg_strbuf_t inbuf; /* client bytes not yet processed (pipelined, early body) */
     sg_http_request_t request;
-    sg_slice_t host;      /* routing authority (Host or absolute-form) */
+    sg_slice_t host; /* routing authority (Host or absolute-form) */
     char host_lower[SG_HOST_MAX + 1];
     sg_route_t route;
     sg_sandbox_t *sandbox;
@@ -74,12 +74,12 @@ struct sg_conn_s {
 
     /* upstream */
     sg_upstream_t *up;
-    int up_pending;    /* connect in flight (up is NULL until it lands) */
+    int up_pending; /* connect in flight (up is NULL until it lands) */
     sg_upstream_t *up_connecting;
     int up_from_pool;
     int retried;
-    sg_strbuf_t req_out;  /* rewritten head + body bytes that came with it */
-    sg_strbuf_t scratch;  /* mask expansion, error pages */
+    sg_strbuf_t req_out; /* rewritten head + body bytes that came with it */
+    sg_strbuf_t scratch; /* mask expansion, error pages */
 
     /* response */
     sg_h1_parser_t res;
@@ -89,30 +89,33 @@ struct sg_conn_s {
     sg_http_response_t response;
     int status;
 
-    unsigned keep_alive : 1;      /* client asked to keep the connection */
-    unsigned close_after : 1;     /* close the client connection after this response */
-    unsigned upgrade : 1;         /* request asked for an upgrade */
+    unsigned keep_alive : 1;  /* client asked to keep the connection */
+    unsigned close_after : 1; /* close the client connection after this response */
+    unsigned upgrade : 1;     /* request asked for an upgrade */
     unsigned head_method : 1;
-    unsigned req_done : 1;        /* whole request handed to the upstream */
-    unsigned req_broken : 1;      /* upstream stopped taking the request body */
-    unsigned res_started : 1;     /* response bytes queued to the client */
+    unsigned req_done : 1;    /* whole request handed to the upstream */
+    unsigned req_broken : 1;  /* upstream stopped taking the request body */
+    unsigned res_started : 1; /* response bytes queued to the client */
     unsigned res_done : 1;
     unsigned up_junk : 1;         /* upstream sent bytes past its response */
     unsigned client_paused : 1;   /* client reads stopped for backpressure */
     unsigned upstream_paused : 1; /* upstream reads stopped for backpressure */
     unsigned client_eof : 1, upstream_eof : 1;
-    unsigned awaiting_flush : 1;  /* next request waits for client writes */
+    unsigned awaiting_flush : 1; /* next request waits for client writes */
     unsigned closing : 1;
     unsigned client_reading : 1;
     unsigned counted_request : 1;
-    unsigned body_streamed : 1;   /* body bytes went upstream after req_out */
+    unsigned body_streamed : 1; /* body bytes went upstream after req_out */
     unsigned tunnel_close_pending : 1;
-    unsigned client_writes;       /* in flight to the client */
-    unsigned upstream_writes;     /* in flight to the upstream */
+    unsigned client_writes;   /* in flight to the client */
+    unsigned upstream_writes; /* in flight to the upstream */
+    /* Last: a TLS stream extends past sizeof(sg_stream_t); the connection
+     * is allocated with room for it (sg_tls_stream_size). */
+    sg_stream_t client;
 };
 
 /* conn.c */
-void sg_conn_accept(sg_worker_t *w, uv_stream_t *listener);
+void sg_conn_accept(sg_worker_t *w, sg_listener_t *listener);
 void sg_conn_close(sg_conn_t *c);
 /* Drops one reference; frees the connection at zero. */
 void sg_conn_unref(sg_conn_t *c);

@@ -105,8 +105,7 @@ static void fwd_write_cb(sg_stream_write_t *sw, int status)
     sg_conn_unref(c);
 }
 
-static void submit(sg_conn_t *c, sg_fwd_write_t *fw, int to_upstream, const char *data,
-                   size_t len)
+static void submit(sg_conn_t *c, sg_fwd_write_t *fw, int to_upstream, const char *data, size_t len)
 {
     sg_stream_t *dst = to_upstream ? &c->up->stream : &c->client;
     fw->conn = c;
@@ -194,8 +193,8 @@ void sg_relay_detach_upstream(sg_conn_t *c, int reusable)
 static void response_complete(sg_conn_t *c)
 {
     c->res_done = 1;
-    int reusable = !c->up_junk && c->req_done && !c->req_broken &&
-                   llhttp_should_keep_alive(&c->res.llhttp);
+    int reusable =
+        !c->up_junk && c->req_done && !c->req_broken && llhttp_should_keep_alive(&c->res.llhttp);
     sg_relay_detach_upstream(c, reusable);
     sg_conn_request_finished(c);
 }

@@ -78,8 +78,8 @@ void sg_lookup__source_done(sg_lookup_req_t *req, sg_lookup_result_t result, sg_
     req->cb(req, err, out);
 }
 
-static sg_lookup_result_t static_start(sg_lookup_source_t *src, sg_lookup_req_t *req,
-                                       sg_slice_t id, sg_sandbox_t **out)
+static sg_lookup_result_t static_start(sg_lookup_source_t *src, sg_lookup_req_t *req, sg_slice_t id,
+                                       sg_sandbox_t **out)
 {
     sg_sandbox_t *sb = sg_sandbox_table_get(src->data, id);
     if (!sb) return SG_LOOKUP_NOT_FOUND;

@@ -161,6 +161,7 @@ static const struct {
     {SG_ERR_HOST_MALFORMED, 400, "Bad Request"},
     {SG_ERR_HOST_CONFLICT, 400, "Bad Request"},
     {SG_ERR_HOST_UNKNOWN_DOMAIN, 421, "Misdirected Request"},
+    {SG_ERR_MISDIRECTED, 421, "Misdirected Request"},
     {SG_ERR_REQUEST_TIMEOUT, 408, "Request Timeout"},
     {SG_ERR_HEADERS_TOO_LARGE, 431, "Request Header Fields Too Large"},
     {SG_ERR_URI_TOO_LONG, 414, "URI Too Long"},
