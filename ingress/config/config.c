@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #define SG_MS_PER_S 1000ull
@@ -130,7 +131,8 @@ int sg_config__is_section(const char *name, size_t len)
 
 /* ---- value parsers -------------------------------------------------------- */
 
-static int fail(char *why, size_t whylen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(char *why, size_t whylen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static int fail(char *why, size_t whylen, const char *fmt, ...)
 {
     va_list ap;
@@ -152,7 +154,8 @@ static int scan_u64(const char *s, uint64_t *v)
     int n = 0;
     *v = 0;
     while (is_digit(s[n])) {
-        if (__builtin_mul_overflow(*v, 10, v) || __builtin_add_overflow(*v, (uint64_t)(s[n] - '0'), v))
+        if (__builtin_mul_overflow(*v, 10, v) ||
+            __builtin_add_overflow(*v, (uint64_t)(s[n] - '0'), v))
             return -1;
         n++;
     }
@@ -233,8 +236,8 @@ int sg_config__parse_size(const char *text, uint64_t *bytes, char *why, size_t w
     static const struct {
         const char *suffix;
         unsigned shift;
-    } units[] = {{"", 0},   {"B", 0},    {"K", 10},  {"k", 10},  {"KiB", 10}, {"M", 20},
-                 {"m", 20}, {"MiB", 20}, {"G", 30},  {"g", 30},  {"GiB", 30}};
+    } units[] = {{"", 0},   {"B", 0},    {"K", 10}, {"k", 10}, {"KiB", 10}, {"M", 20},
+                 {"m", 20}, {"MiB", 20}, {"G", 30}, {"g", 30}, {"GiB", 30}};
     uint64_t v;
     int n = scan_u64(text, &v);
     if (n < 0) return fail(why, whylen, "size '%s' is too large", text);
@@ -392,8 +395,8 @@ int sg_config__parse_domain(const char *text, char **out, char *why, size_t whyl
     return 0;
 bad_label:
     free(d);
-    return fail(why, whylen,
-                "domain '%s' has an empty label or one that starts or ends with '-'", text);
+    return fail(why, whylen, "domain '%s' has an empty label or one that starts or ends with '-'",
+                text);
 }
 
 int sg_config__check_sandbox_id(const char *text, char *why, size_t whylen)
@@ -412,8 +415,7 @@ int sg_config__parse_ip(const char *text, struct sockaddr_storage *out, char *wh
 {
     char buf[INET6_ADDRSTRLEN + 2];
     size_t len = strlen(text);
-    if (len >= sizeof(buf))
-        return fail(why, whylen, "'%s' is not an IPv4 or IPv6 address", text);
+    if (len >= sizeof(buf)) return fail(why, whylen, "'%s' is not an IPv4 or IPv6 address", text);
     memcpy(buf, text, len + 1);
     if (len >= 2 && buf[0] == '[' && buf[len - 1] == ']') {
         memmove(buf, buf + 1, len - 2);

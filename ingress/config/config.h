@@ -27,6 +27,23 @@ typedef struct {
     char *mask;                   /* Host template with ${PORT}, or NULL for "keep Host" */
 } sg_sandbox_conf_t;
 
+/* One certificate for TLS listeners (TLS issue). Paths are as given on the
+ * command line, or resolved against the config file's directory. */
+typedef struct {
+    char *chain;    /* PEM chain, leaf first */
+    char *key;      /* PEM private key */
+    int is_default; /* serves clients without SNI / with an unknown name */
+} sg_cert_conf_t;
+
+typedef struct {
+    sg_cert_conf_t *certs;
+    size_t n_certs;
+    uint64_t handshake_timeout_ms;    /* tls.handshake_timeout, default 10s */
+    uint64_t ticket_key_rotation_ms;  /* tls.ticket_key_rotation, default 1h */
+    uint64_t expiry_warning_ms;       /* tls.expiry_warning, default 720h (30 days) */
+    int redirect_http;                /* tls.redirect_http: plain listeners answer 308 */
+} sg_tls_conf_t;
+
 typedef struct {
     uint64_t request_head_ms;           /* whole request head must arrive within (408) */
     uint64_t keepalive_idle_ms;         /* idle client connection between requests */
@@ -39,18 +56,19 @@ typedef struct {
 
 typedef struct sg_config_s {
     _Atomic int refs;
-    char *source;                 /* file path, or "<embedded>" */
-    sg_listen_conf_t *listens;    /* n_listens >= 1 */
+    char *source;              /* file path, or "<embedded>" */
+    sg_listen_conf_t *listens; /* n_listens >= 1 */
     size_t n_listens;
-    char **domains;               /* lower-case, no leading dot, n_domains >= 1 */
+    char **domains; /* lower-case, no leading dot, n_domains >= 1 */
     size_t n_domains;
     sg_sandbox_conf_t *sandboxes; /* static sandboxes, unique ids */
     size_t n_sandboxes;
-    unsigned workers;             /* resolved: never 0 (0 in the file means "CPU count") */
+    unsigned workers; /* resolved: never 0 (0 in the file means "CPU count") */
     sg_timeouts_conf_t timeouts;
-    size_t max_header_bytes;      /* request head size limit (431), default 64 KiB */
+    sg_tls_conf_t tls;
+    size_t max_header_bytes;           /* request head size limit (431), default 64 KiB */
     size_t upstream_pool_idle_per_key; /* pooled idle connections kept per sandbox:port */
-    int log_level;                /* sg_log_level_t */
+    int log_level;                     /* sg_log_level_t */
 } sg_config_t;
 
 /* Parses argv (program name at argv[0]). On success stores a new snapshot in
@@ -79,9 +97,9 @@ int sg_config_load(int argc, char **argv, sg_config_t **out, sg_config_actions_t
 int sg_config_parse_text(const char *text, size_t len, const char *source, sg_config_t **out,
                          char *err, size_t errlen);
 
-/* The embedded default configuration used when neither --config nor flags
- * name listeners/domains: listen 127.0.0.1:8080, domain sandbox.localhost,
- * sandbox "demo" at 127.0.0.1 with no mask. */
+/* The embedded default configuration (YAML, commented) used when no --config
+ * is given; flags apply on top of it: listen 127.0.0.1:8080, domain
+ * sandbox.localhost, sandbox "demo" at 127.0.0.1 with no mask. */
 extern const char sg_config_embedded_default[];
 
 /* Usage text for --help. */

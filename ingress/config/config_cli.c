@@ -54,11 +54,16 @@ static const struct {
     sg_flag_id_t id;
     int has_value;
 } sg_flags[] = {
-    {"--config", SG_FLAG_CONFIG, 1},        {"--listen", SG_FLAG_LISTEN, 1},
-    {"--listen-tls", SG_FLAG_LISTEN_TLS, 1}, {"--domain", SG_FLAG_DOMAIN, 1},
-    {"--sandbox", SG_FLAG_SANDBOX, 1},      {"--workers", SG_FLAG_WORKERS, 1},
-    {"--log-level", SG_FLAG_LOG_LEVEL, 1},  {"--check-config", SG_FLAG_CHECK_CONFIG, 0},
-    {"--version", SG_FLAG_VERSION, 0},      {"--help", SG_FLAG_HELP, 0},
+    {"--config", SG_FLAG_CONFIG, 1},
+    {"--listen", SG_FLAG_LISTEN, 1},
+    {"--listen-tls", SG_FLAG_LISTEN_TLS, 1},
+    {"--domain", SG_FLAG_DOMAIN, 1},
+    {"--sandbox", SG_FLAG_SANDBOX, 1},
+    {"--workers", SG_FLAG_WORKERS, 1},
+    {"--log-level", SG_FLAG_LOG_LEVEL, 1},
+    {"--check-config", SG_FLAG_CHECK_CONFIG, 0},
+    {"--version", SG_FLAG_VERSION, 0},
+    {"--help", SG_FLAG_HELP, 0},
     {"-h", SG_FLAG_HELP, 0},
 };
 
@@ -313,9 +318,8 @@ int sg_config_load(int argc, char **argv, sg_config_t **out, sg_config_actions_t
         if (rc != 0) goto fail;
     } else {
         c = sg_config__new("<embedded>");
-        if (sg_config__parse_yaml(c, sg_config_embedded_default,
-                                  strlen(sg_config_embedded_default), "<embedded>",
-                                  &errs) != 0)
+        if (sg_config__parse_yaml(c, sg_config_embedded_default, strlen(sg_config_embedded_default),
+                                  "<embedded>", &errs) != 0)
             goto fail;
     }
     apply_flags(c, flags, n, path != NULL, &errs);

@@ -49,9 +49,9 @@ typedef enum {
 typedef struct {
     const char *name;
     sg_config__type_t type;
-    size_t offset; /* field in sg_config_t (scalar types) */
-    size_t size;   /* sizeof that field */
-    const char *def; /* default in file syntax; for lists the single default item, NULL if none */
+    size_t offset;     /* field in sg_config_t (scalar types) */
+    size_t size;       /* sizeof that field */
+    const char *def;   /* default in file syntax; for lists the single default item, NULL if none */
     uint64_t min, max; /* inclusive range for UINT / DURATION (ms) / SIZE (bytes) */
     unsigned flags;
     const char *help;

@@ -20,7 +20,8 @@ static size_t node_line(const yaml_node_t *n)
     return n->start_mark.line + 1;
 }
 
-#define WALK_ERROR(w, node, ...) sg_config__error((w)->errs, (w)->source, node_line(node), __VA_ARGS__)
+#define WALK_ERROR(w, node, ...)                                                                   \
+    sg_config__error((w)->errs, (w)->source, node_line(node), __VA_ARGS__)
 
 static const char *kind_name(const yaml_node_t *n)
 {
@@ -114,8 +115,8 @@ static void walk_listen_item(sg_yaml_walk_t *w, const char *name, yaml_node_t *i
     int tls = 0;
     if (item->type == YAML_MAPPING_NODE) {
         int ok = 1;
-        for (yaml_node_pair_t *p = item->data.mapping.pairs.start;
-             p < item->data.mapping.pairs.top; p++) {
+        for (yaml_node_pair_t *p = item->data.mapping.pairs.start; p < item->data.mapping.pairs.top;
+             p++) {
             const char *k = pair_key(w, p, name);
             yaml_node_t *v = node_at(w, p->value);
             if (!k || duplicate_key(w, item, p, name, "key")) {
@@ -180,14 +181,14 @@ static void walk_domain_item(sg_yaml_walk_t *w, const char *name, yaml_node_t *i
 /* listen / domains: a non-empty list that replaces the default list. */
 static void walk_list(sg_yaml_walk_t *w, const sg_config__key_t *k, yaml_node_t *n)
 {
-    if (is_null(n) ||
-        (n->type == YAML_SEQUENCE_NODE && n->data.sequence.items.start == n->data.sequence.items.top)) {
+    if (is_null(n) || (n->type == YAML_SEQUENCE_NODE &&
+                       n->data.sequence.items.start == n->data.sequence.items.top)) {
         WALK_ERROR(w, n, "%s: needs at least one item", k->name);
         return;
     }
     if (n->type != YAML_SEQUENCE_NODE) {
-        WALK_ERROR(w, n, "%s: expected a list, got %s (write '- item' lines or [a, b])",
-                   k->name, kind_name(n));
+        WALK_ERROR(w, n, "%s: expected a list, got %s (write '- item' lines or [a, b])", k->name,
+                   kind_name(n));
         return;
     }
     if (k->type == SG_CONF_T_LISTENS)
@@ -227,8 +228,8 @@ static void walk_sandbox(sg_yaml_walk_t *w, const char *id, yaml_node_t *v)
                 mask_at = pv;
                 if (!(mask = scalar_text(w, pv, where))) ok = 0;
             } else {
-                WALK_ERROR(w, node_at(w, p->key),
-                           "unknown key '%s.%s' (expected address, mask)", where, k);
+                WALK_ERROR(w, node_at(w, p->key), "unknown key '%s.%s' (expected address, mask)",
+                           where, k);
                 ok = 0;
             }
         }
@@ -341,7 +342,8 @@ static void walk_root(sg_yaml_walk_t *w, yaml_node_t *root)
         if (!name || duplicate_key(w, root, p, "", "key")) continue;
         /* Dotted rows are reachable only through their section, so one
          * setting has one spelling and duplicates stay detectable. */
-        const sg_config__key_t *k = strchr(name, '.') ? NULL : sg_config__find_key(name, strlen(name));
+        const sg_config__key_t *k =
+            strchr(name, '.') ? NULL : sg_config__find_key(name, strlen(name));
         if (k)
             walk_key(w, k, node_at(w, p->value));
         else if (!strchr(name, '.') && sg_config__is_section(name, strlen(name)))

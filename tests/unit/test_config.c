@@ -1,0 +1,1109 @@
+/* Configuration: defaults, every key, value formats, file:line errors, flag
+ * layering, dump round trip, reload check and reference counting. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "config/config.h"
+#include "config/config_internal.h"
+#include "core/log.h"
+
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ---- helpers --------------------------------------------------------------- */
+
+static sg_config_t *parse_ok(const char *yaml)
+{
+    char err[2048] = "";
+    sg_config_t *c = NULL;
+    int rc = sg_config_parse_text(yaml, strlen(yaml), "t.yaml", &c, err, sizeof(err));
+    if (rc != 0) fail_msg("unexpected error for:\n%s\n-> %s", yaml, err);
+    assert_non_null(c);
+    assert_string_equal(err, "");
+    return c;
+}
+
+/* Expects exactly one error line "t.yaml:<line>: ...<needle>...". */
+static void parse_err(const char *yaml, size_t line, const char *needle)
+{
+    char err[2048] = "";
+    char prefix[64];
+    sg_config_t *c = (sg_config_t *)1;
+    int rc = sg_config_parse_text(yaml, strlen(yaml), "t.yaml", &c, err, sizeof(err));
+    if (rc != -1) fail_msg("expected an error for:\n%s", yaml);
+    assert_null(c);
+    snprintf(prefix, sizeof(prefix), "t.yaml:%zu: ", line);
+    if (strncmp(err, prefix, strlen(prefix)) != 0 || !strstr(err, needle) || strchr(err, '\n'))
+        fail_msg("for:\n%s\nwanted one line '%s...%s...', got:\n%s", yaml, prefix, needle, err);
+}
+
+static void assert_addr(const struct sockaddr_storage *ss, int family, const char *ip, int port)
+{
+    char buf[INET6_ADDRSTRLEN];
+    assert_int_equal(ss->ss_family, family);
+    if (family == AF_INET) {
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
+        inet_ntop(AF_INET, &sin->sin_addr, buf, sizeof(buf));
+        assert_int_equal(ntohs(sin->sin_port), port);
+    } else {
+        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
+        inet_ntop(AF_INET6, &sin6->sin6_addr, buf, sizeof(buf));
+        assert_int_equal(ntohs(sin6->sin6_port), port);
+    }
+    assert_string_equal(buf, ip);
+}
+
+static unsigned cpus(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : n > 256 ? 256 : (unsigned)n;
+}
+
+static const sg_sandbox_conf_t *sandbox(const sg_config_t *c, const char *id)
+{
+    for (size_t i = 0; i < c->n_sandboxes; i++)
+        if (strcmp(c->sandboxes[i].id, id) == 0) return &c->sandboxes[i];
+    return NULL;
+}
+
+/* Runs sg_config_load over NULL-terminated flags (argv[0] supplied). */
+static int load(sg_config_t **c, sg_config_actions_t *a, char *err, size_t errlen, ...)
+{
+    char *argv[32] = {"sandgate"};
+    int argc = 1;
+    va_list ap;
+    va_start(ap, errlen);
+    for (const char *s; (s = va_arg(ap, const char *)) != NULL;) argv[argc++] = (char *)s;
+    va_end(ap);
+    err[0] = '\0';
+    return sg_config_load(argc, argv, c, a, err, errlen);
+}
+
+#define LOAD(c, err, ...) load(c, NULL, err, sizeof(err), __VA_ARGS__, (const char *)NULL)
+
+/* Writes text to a fresh temporary file; returns its malloc'd path. */
+static char *temp_file(const char *text)
+{
+    char *path = strdup("/tmp/sg_test_config_XXXXXX");
+    assert_non_null(path);
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    return path;
+}
+
+static void drop_file(char *path)
+{
+    unlink(path);
+    free(path);
+}
+
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *s = malloc((size_t)n + 1);
+    assert_non_null(s);
+    assert_int_equal(fread(s, 1, (size_t)n, f), (size_t)n);
+    s[n] = '\0';
+    fclose(f);
+    return s;
+}
+
+/* Repo files are found relative to the working directory CTest sets (the
+ * source root), or to SG_SOURCE_DIR when the build defines it. */
+static char *slurp_repo(const char *rel)
+{
+    char path[1024];
+#ifdef SG_SOURCE_DIR
+    snprintf(path, sizeof(path), "%s/%s", SG_SOURCE_DIR, rel);
+#else
+    snprintf(path, sizeof(path), "%s", rel);
+#endif
+    char *s = slurp(path);
+    if (!s) fail_msg("cannot read %s (run from the repository root)", path);
+    return s;
+}
+
+/* ---- defaults -------------------------------------------------------------- */
+
+static void check_defaults(const sg_config_t *c)
+{
+    assert_int_equal(c->n_listens, 1);
+    assert_string_equal(c->listens[0].text, "127.0.0.1:8080");
+    assert_addr(&c->listens[0].addr, AF_INET, "127.0.0.1", 8080);
+    assert_int_equal(c->listens[0].tls, 0);
+    assert_int_equal(c->n_domains, 1);
+    assert_string_equal(c->domains[0], "sandbox.localhost");
+    assert_int_equal(c->workers, cpus());
+    assert_int_equal(c->log_level, SG_LOG_INFO);
+    assert_int_equal(c->timeouts.request_head_ms, 30000);
+    assert_int_equal(c->timeouts.keepalive_idle_ms, 75000);
+    assert_int_equal(c->timeouts.upstream_connect_ms, 5000);
+    assert_int_equal(c->timeouts.upstream_retry_window_ms, 1500);
+    assert_int_equal(c->timeouts.upstream_response_head_ms, 300000);
+    assert_int_equal(c->timeouts.stream_idle_ms, 600000);
+    assert_int_equal(c->timeouts.upstream_idle_ms, 60000);
+    assert_int_equal(c->max_header_bytes, 65536);
+    assert_int_equal(c->upstream_pool_idle_per_key, 16);
+}
+
+static void test_defaults_empty_file(void **state)
+{
+    sg_config_t *c = parse_ok("");
+    check_defaults(c);
+    assert_int_equal(c->n_sandboxes, 0);
+    assert_string_equal(c->source, "t.yaml");
+    assert_int_equal(atomic_load(&c->refs), 1);
+    sg_config_unref(c);
+
+    c = parse_ok("# only a comment\n\n   # another\n");
+    check_defaults(c);
+    sg_config_unref(c);
+
+    /* Empty sections keep their defaults. */
+    c = parse_ok("timeouts:\nlimits: {}\nsandboxes:\n");
+    check_defaults(c);
+    assert_int_equal(c->n_sandboxes, 0);
+    sg_config_unref(c);
+}
+
+static void test_embedded_default(void **state)
+{
+    sg_config_t *c = parse_ok(sg_config_embedded_default);
+    check_defaults(c);
+    assert_int_equal(c->n_sandboxes, 1);
+    assert_string_equal(c->sandboxes[0].id, "demo");
+    assert_addr(&c->sandboxes[0].addr, AF_INET, "127.0.0.1", 0);
+    assert_null(c->sandboxes[0].mask);
+    assert_non_null(strchr(sg_config_embedded_default, '#')); /* it is commented */
+    sg_config_unref(c);
+}
+
+/* ---- every key ------------------------------------------------------------- */
+
+static void test_every_key(void **state)
+{
+    sg_config_t *c = parse_ok("# all settings\n"
+                              "listen:\n"
+                              "  - \"0.0.0.0:80\"\n"
+                              "  - \"[::1]:8081\"\n"
+                              "  - {address: \"[::]:443\", tls: true}\n"
+                              "  - address: 10.0.0.1:8443\n"
+                              "    tls: false\n"
+                              "domains: [.Sandbox.Example.COM, e2b.local.]\n"
+                              "workers: 7\n"
+                              "log_level: warn\n"
+                              "sandboxes:\n"
+                              "  abc123: 10.1.2.3\n"
+                              "  v6: \"fd00::5\"\n"
+                              "  masked:\n"
+                              "    address: \"[::1]\"\n"
+                              "    mask: \"localhost:${PORT}\"\n"
+                              "  nomask: {address: 192.168.0.9, mask: ~}\n"
+                              "timeouts:\n"
+                              "  request_head: 500ms\n"
+                              "  keepalive_idle: 1.5s\n"
+                              "  upstream_connect: 10\n"
+                              "  upstream_retry_window: 0\n"
+                              "  upstream_response_head: 2m\n"
+                              "  stream_idle: 1h\n"
+                              "  upstream_idle: 0.5m\n"
+                              "limits:\n"
+                              "  max_header_size: 1MiB\n"
+                              "  upstream_pool_idle_per_key: 0\n");
+    assert_int_equal(c->n_listens, 4);
+    assert_string_equal(c->listens[0].text, "0.0.0.0:80");
+    assert_addr(&c->listens[0].addr, AF_INET, "0.0.0.0", 80);
+    assert_int_equal(c->listens[0].tls, 0);
+    assert_string_equal(c->listens[1].text, "[::1]:8081");
+    assert_addr(&c->listens[1].addr, AF_INET6, "::1", 8081);
+    assert_addr(&c->listens[2].addr, AF_INET6, "::", 443);
+    assert_int_equal(c->listens[2].tls, 1);
+    assert_addr(&c->listens[3].addr, AF_INET, "10.0.0.1", 8443);
+    assert_int_equal(c->listens[3].tls, 0);
+
+    assert_int_equal(c->n_domains, 2);
+    assert_string_equal(c->domains[0], "sandbox.example.com");
+    assert_string_equal(c->domains[1], "e2b.local");
+    assert_int_equal(c->workers, 7);
+    assert_int_equal(c->log_level, SG_LOG_WARN);
+
+    assert_int_equal(c->n_sandboxes, 4);
+    const sg_sandbox_conf_t *sb = sandbox(c, "abc123");
+    assert_non_null(sb);
+    assert_addr(&sb->addr, AF_INET, "10.1.2.3", 0);
+    assert_null(sb->mask);
+    assert_non_null(sb = sandbox(c, "v6"));
+    assert_addr(&sb->addr, AF_INET6, "fd00::5", 0);
+    assert_non_null(sb = sandbox(c, "masked"));
+    assert_addr(&sb->addr, AF_INET6, "::1", 0);
+    assert_string_equal(sb->mask, "localhost:${PORT}");
+    assert_non_null(sb = sandbox(c, "nomask"));
+    assert_null(sb->mask);
+
+    assert_int_equal(c->timeouts.request_head_ms, 500);
+    assert_int_equal(c->timeouts.keepalive_idle_ms, 1500);
+    assert_int_equal(c->timeouts.upstream_connect_ms, 10000);
+    assert_int_equal(c->timeouts.upstream_retry_window_ms, 0);
+    assert_int_equal(c->timeouts.upstream_response_head_ms, 120000);
+    assert_int_equal(c->timeouts.stream_idle_ms, 3600000);
+    assert_int_equal(c->timeouts.upstream_idle_ms, 30000);
+    assert_int_equal(c->max_header_bytes, 1048576);
+    assert_int_equal(c->upstream_pool_idle_per_key, 0);
+    sg_config_unref(c);
+}
+
+static void test_workers_and_levels(void **state)
+{
+    sg_config_t *c = parse_ok("workers: 0\n");
+    assert_int_equal(c->workers, cpus());
+    sg_config_unref(c);
+    c = parse_ok("workers: 256\n");
+    assert_int_equal(c->workers, 256);
+    sg_config_unref(c);
+    static const struct {
+        const char *name;
+        int level;
+    } levels[] = {{"debug", SG_LOG_DEBUG},
+                  {"info", SG_LOG_INFO},
+                  {"warn", SG_LOG_WARN},
+                  {"error", SG_LOG_ERROR}};
+    for (size_t i = 0; i < sizeof(levels) / sizeof(levels[0]); i++) {
+        char yaml[64];
+        snprintf(yaml, sizeof(yaml), "log_level: %s\n", levels[i].name);
+        c = parse_ok(yaml);
+        assert_int_equal(c->log_level, levels[i].level);
+        sg_config_unref(c);
+    }
+}
+
+/* ---- value formats --------------------------------------------------------- */
+
+static void test_durations(void **state)
+{
+    static const struct {
+        const char *in;
+        uint64_t ms; /* UINT64_MAX: must be rejected */
+    } cases[] = {
+        {"500ms", 500},
+        {"0ms", 0},
+        {"1.5s", 1500},
+        {"10s", 10000},
+        {"10m", 600000},
+        {"1h", 3600000},
+        {"10", 10000},
+        {"0", 0},
+        {"2.25", 2250},
+        {"0.001s", 1},
+        {"1.5m", 90000},
+        {"0.5h", 1800000},
+        {"1.25ms", UINT64_MAX},
+        {"0.0001s", UINT64_MAX},
+        {"10x", UINT64_MAX},
+        {"", UINT64_MAX},
+        {"s", UINT64_MAX},
+        {"1.s", UINT64_MAX},
+        {".5s", UINT64_MAX},
+        {"-1s", UINT64_MAX},
+        {"1 s", UINT64_MAX},
+        {"1S", UINT64_MAX},
+        {"1d", UINT64_MAX},
+        {"1.0000001h", UINT64_MAX},
+        {"99999999999999999999s", UINT64_MAX},
+        {"18446744073709551615h", UINT64_MAX},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        uint64_t ms = 12345;
+        char why[256] = "";
+        int rc = sg_config__parse_duration(cases[i].in, &ms, why, sizeof(why));
+        if (cases[i].ms == UINT64_MAX) {
+            if (rc != -1)
+                fail_msg("'%s' should be rejected, got %llu", cases[i].in, (unsigned long long)ms);
+            assert_non_null(strstr(why, "duration"));
+        } else {
+            if (rc != 0) fail_msg("'%s' rejected: %s", cases[i].in, why);
+            assert_int_equal(ms, cases[i].ms);
+        }
+    }
+    /* Through the file, quoted and plain alike. */
+    sg_config_t *c = parse_ok("timeouts: {request_head: \"250ms\", stream_idle: 2h}\n");
+    assert_int_equal(c->timeouts.request_head_ms, 250);
+    assert_int_equal(c->timeouts.stream_idle_ms, 7200000);
+    sg_config_unref(c);
+}
+
+static void test_sizes(void **state)
+{
+    static const struct {
+        const char *in;
+        uint64_t bytes; /* UINT64_MAX: must be rejected */
+    } cases[] = {
+        {"16384", 16384},
+        {"16384B", 16384},
+        {"64KiB", 65536},
+        {"64K", 65536},
+        {"64k", 65536},
+        {"1MiB", 1048576},
+        {"1M", 1048576},
+        {"1m", 1048576},
+        {"2GiB", 2147483648ull},
+        {"1G", 1073741824},
+        {"0", 0},
+        {"64KB", UINT64_MAX},
+        {"1MB", UINT64_MAX},
+        {"1.5MiB", UINT64_MAX},
+        {"KiB", UINT64_MAX},
+        {"", UINT64_MAX},
+        {"64 KiB", UINT64_MAX},
+        {"-1", UINT64_MAX},
+        {"1TiB", UINT64_MAX},
+        {"17179869184GiB", UINT64_MAX},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        uint64_t v = 12345;
+        char why[256] = "";
+        int rc = sg_config__parse_size(cases[i].in, &v, why, sizeof(why));
+        if (cases[i].bytes == UINT64_MAX) {
+            if (rc != -1)
+                fail_msg("'%s' should be rejected, got %llu", cases[i].in, (unsigned long long)v);
+            assert_non_null(strstr(why, "size"));
+        } else {
+            if (rc != 0) fail_msg("'%s' rejected: %s", cases[i].in, why);
+            assert_int_equal(v, cases[i].bytes);
+        }
+    }
+    sg_config_t *c = parse_ok("limits: {max_header_size: 16384}\n");
+    assert_int_equal(c->max_header_bytes, 16384);
+    sg_config_unref(c);
+    c = parse_ok("limits: {max_header_size: 1KiB}\n");
+    assert_int_equal(c->max_header_bytes, 1024);
+    sg_config_unref(c);
+}
+
+static void test_listen_and_ip_parsers(void **state)
+{
+    static const struct {
+        const char *in;
+        int ok;
+    } listens[] = {
+        {"127.0.0.1:1", 1},
+        {"[::1]:65535", 1},
+        {"[fe80::1]:80", 1},
+        {"0.0.0.0:8080", 1},
+        {"127.0.0.1:0", 0},
+        {"127.0.0.1:65536", 0},
+        {"127.0.0.1", 0},
+        {"::1:8080", 0},
+        {"[::1]8080", 0},
+        {"[::1:8080", 0},
+        {"localhost:80", 0},
+        {"1.2.3:80", 0},
+        {":8080", 0},
+        {"1.2.3.4:080a", 0},
+        {"1.2.3.4:", 0},
+        {"[1.2.3.4]:80", 0},
+        {"[0000:0000:0000:0000:0000:0000:0000:0000:0000:0000:0000]:8080", 0},
+    };
+    for (size_t i = 0; i < sizeof(listens) / sizeof(listens[0]); i++) {
+        sg_listen_conf_t l;
+        char why[256] = "";
+        int rc = sg_config__parse_listen(listens[i].in, 1, &l, why, sizeof(why));
+        if ((rc == 0) != listens[i].ok) fail_msg("listen '%s': rc %d (%s)", listens[i].in, rc, why);
+        if (rc == 0) {
+            assert_string_equal(l.text, listens[i].in);
+            assert_int_equal(l.tls, 1);
+        }
+    }
+    static const struct {
+        const char *in;
+        int family; /* 0: rejected */
+    } ips[] = {
+        {"10.0.0.1", AF_INET},
+        {"::1", AF_INET6},
+        {"[::1]", AF_INET6},
+        {"fd00::1:2", AF_INET6},
+        {"::ffff:1.2.3.4", AF_INET6},
+        {"10.0.0.1:80", 0},
+        {"[::1]:80", 0},
+        {"example.com", 0},
+        {"", 0},
+        {"[]", 0},
+        {"10.0.0.256", 0},
+    };
+    for (size_t i = 0; i < sizeof(ips) / sizeof(ips[0]); i++) {
+        struct sockaddr_storage ss;
+        char why[256] = "";
+        int rc = sg_config__parse_ip(ips[i].in, &ss, why, sizeof(why));
+        if (ips[i].family == 0) {
+            if (rc != -1) fail_msg("ip '%s' should be rejected", ips[i].in);
+        } else {
+            if (rc != 0) fail_msg("ip '%s' rejected: %s", ips[i].in, why);
+            assert_int_equal(ss.ss_family, ips[i].family);
+        }
+    }
+    char why[256];
+    struct sockaddr_storage ss;
+    assert_int_equal(sg_config__parse_ip("10.0.0.1:80", &ss, why, sizeof(why)), -1);
+    assert_non_null(strstr(why, "no port"));
+}
+
+static void test_domain_parser(void **state)
+{
+    static const struct {
+        const char *in;
+        const char *out; /* NULL: rejected */
+    } cases[] = {
+        {"Sandbox.Example.COM", "sandbox.example.com"},
+        {".example.com", "example.com"},
+        {"example.com.", "example.com"},
+        {"localhost", "localhost"},
+        {"a-b.c0", "a-b.c0"},
+        {"", NULL},
+        {".", NULL},
+        {"..a", NULL},
+        {"a..b", NULL},
+        {"-a.com", NULL},
+        {"a-.com", NULL},
+        {"a_b.com", NULL},
+        {"*.example.com", NULL},
+        {"exa mple.com", NULL},
+        {"a.com:8080", NULL},
+        {"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.com", NULL}, /* 64 */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *d = NULL, why[256] = "";
+        int rc = sg_config__parse_domain(cases[i].in, &d, why, sizeof(why));
+        if (!cases[i].out) {
+            if (rc != -1) fail_msg("domain '%s' should be rejected, got '%s'", cases[i].in, d);
+            assert_null(d);
+        } else {
+            if (rc != 0) fail_msg("domain '%s' rejected: %s", cases[i].in, why);
+            assert_string_equal(d, cases[i].out);
+            free(d);
+        }
+    }
+    /* 63-byte labels are fine, 253 bytes in all is the limit. */
+    char name[300];
+    memset(name, 'a', 63);
+    strcpy(name + 63, ".com");
+    char *d = NULL, why[256];
+    assert_int_equal(sg_config__parse_domain(name, &d, why, sizeof(why)), 0);
+    free(d);
+    for (int i = 0; i < 254; i++) name[i] = (i % 2) ? '.' : 'a';
+    name[253] = '\0'; /* "a.a.a....a": 253 bytes */
+    assert_int_equal(sg_config__parse_domain(name, &d, why, sizeof(why)), 0);
+    free(d);
+    name[253] = 'a';
+    name[254] = '\0';
+    name[252] = 'a'; /* 254 bytes */
+    assert_int_equal(sg_config__parse_domain(name, &d, why, sizeof(why)), -1);
+}
+
+/* ---- file errors ----------------------------------------------------------- */
+
+static void test_file_errors(void **state)
+{
+    static const struct {
+        const char *yaml;
+        size_t line;
+        const char *needle;
+    } cases[] = {
+        /* unknown keys */
+        {"workers: 1\nfrobnicate: 2\n", 2, "unknown key 'frobnicate'"},
+        {"timeouts:\n  request_head: 1s\n  reqest_head: 2s\n", 3,
+         "unknown key 'timeouts.reqest_head'"},
+        {"timeouts.request_head: 5s\n", 1, "unknown key 'timeouts.request_head'"},
+        {"limits:\n  max_header: 1KiB\n", 2, "unknown key 'limits.max_header'"},
+        {"workers: 1\nworkers: 2\n", 2, "duplicate key 'workers' (first at line 1)"},
+        {"- listen\n", 1, "expected a mapping of settings"},
+        {"just a string\n", 1, "expected a mapping of settings"},
+        {"? [a]\n: 1\n", 1, "keys must be plain names"},
+        /* wrong types */
+        {"\nworkers: [1, 2]\n", 2, "workers: expected a single value, got a list"},
+        {"workers: {a: 1}\n", 1, "workers: expected a single value, got a mapping"},
+        {"workers:\n", 1, "workers: missing value"},
+        {"workers: abc\n", 1, "workers: expected a non-negative integer"},
+        {"workers: -1\n", 1, "workers: expected a non-negative integer"},
+        {"workers: 257\n", 1, "workers: '257' is out of range 0..256"},
+        {"log_level: verbose\n", 1, "log_level: expected debug, info, warn or error"},
+        {"timeouts: 5s\n", 1, "timeouts: expected a mapping, got a single value"},
+        {"limits: [1]\n", 1, "limits: expected a mapping, got a list"},
+        /* listen */
+        {"listen: 127.0.0.1:80\n", 1, "listen: expected a list, got a single value"},
+        {"listen: []\n", 1, "listen: needs at least one item"},
+        {"listen:\n", 1, "listen: needs at least one item"},
+        {"listen:\n  - 127.0.0.1:80\n  - \"::1:80\"\n", 3, "IPv6 addresses need brackets"},
+        {"listen:\n  - 127.0.0.1:0\n", 2, "port in '127.0.0.1:0' must be 1..65535"},
+        {"listen:\n  - 127.0.0.1:70000\n", 2, "must be 1..65535"},
+        {"listen:\n  - localhost:80\n", 2, "'localhost' is not an IPv4 address"},
+        {"listen:\n  - 127.0.0.1:80\n  - 127.0.0.1:80\n", 3, "listen: duplicate address"},
+        {"listen:\n  - [127.0.0.1:80]\n", 2, "listen: expected a single value, got a list"},
+        {"listen:\n  - {address: \"[::]:443\", tls: maybe}\n", 2,
+         "listen.tls: expected true or false"},
+        {"listen:\n  - {adress: \"[::]:443\"}\n", 2, "unknown key 'listen.adress'"},
+        {"listen:\n  - tls: true\n", 2, "listen: item lacks 'address'"},
+        {"listen:\n  - {address: \"[::]:443\", address: \"[::]:444\"}\n", 2,
+         "duplicate key 'address'"},
+        /* domains */
+        {"domains: example.com\n", 1, "domains: expected a list"},
+        {"domains: []\n", 1, "domains: needs at least one item"},
+        {"domains:\n  - ok.com\n  - bad_name.com\n", 3, "may only contain letters"},
+        {"domains:\n  - -bad.com\n", 2, "starts or ends with '-'"},
+        {"domains:\n  - \"\"\n", 2, "is empty"},
+        {"domains:\n  - Example.com\n  - .example.COM\n", 3, "duplicate domain 'example.com'"},
+        {"domains:\n  - {a: b}\n", 2, "domains: expected a single value, got a mapping"},
+        /* sandboxes */
+        {"sandboxes: [a, b]\n", 1, "sandboxes: expected a mapping of id: address"},
+        {"sandboxes:\n  Demo: 127.0.0.1\n", 2,
+         "sandbox id 'Demo' must be 1..64 characters of [a-z0-9]"},
+        {"sandboxes:\n  my-box: 127.0.0.1\n", 2, "sandbox id 'my-box'"},
+        {"sandboxes:\n  "
+         "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa: 127.0.0.1\n",
+         2, "must be 1..64 characters"},
+        {"sandboxes:\n  a: 127.0.0.1\n  b: 127.0.0.2\n  a: 127.0.0.3\n", 4,
+         "sandboxes: duplicate sandbox id 'a' (first at line 2)"},
+        {"sandboxes:\n  a: 127.0.0.1:8080\n", 2,
+         "sandboxes.a.address: '127.0.0.1:8080': a sandbox address takes no port"},
+        {"sandboxes:\n  a: example.com\n", 2,
+         "sandboxes.a.address: 'example.com' is not an IPv4 or IPv6 address"},
+        {"sandboxes:\n  a:\n", 2, "sandboxes.a: missing address"},
+        {"sandboxes:\n  a: [1]\n", 2, "sandboxes.a: expected a single value, got a list"},
+        {"sandboxes:\n  a:\n    mask: x\n", 3, "sandboxes.a: lacks 'address'"},
+        {"sandboxes:\n  a:\n    address: 10.0.0.1\n    port: 80\n", 4,
+         "unknown key 'sandboxes.a.port'"},
+        {"sandboxes:\n  a:\n    address: 10.0.0.1\n    mask: \"evil\\r\\nX: y\"\n", 4,
+         "sandboxes.a.mask: mask contains a control character"},
+        {"sandboxes:\n  a:\n    address: 10.0.0.1\n    mask: \"$HOME\"\n", 4,
+         "sandboxes.a.mask: mask may use '$' only"},
+        {"sandboxes:\n  a:\n    address: 10.0.0.1\n    mask: \"\"\n", 4,
+         "sandboxes.a.mask: mask is empty"},
+        {"sandboxes:\n  a: \"10.0.0.1\\0\"\n", 2, "contains a NUL byte"},
+        /* durations and sizes */
+        {"timeouts:\n  request_head: 10x\n", 2, "timeouts.request_head: bad duration '10x'"},
+        {"timeouts:\n  request_head: 1.5ms\n", 2, "not a whole number of milliseconds"},
+        {"timeouts:\n  request_head: 0\n", 2,
+         "timeouts.request_head: '0' is out of range 1ms..24h"},
+        {"timeouts:\n  stream_idle: 25h\n", 2, "timeouts.stream_idle: '25h' is out of range"},
+        {"timeouts:\n  upstream_connect:\n", 2, "timeouts.upstream_connect: missing value"},
+        {"limits:\n  max_header_size: 512\n", 2,
+         "limits.max_header_size: '512' is out of range 1KiB..1MiB"},
+        {"limits:\n  max_header_size: 2MiB\n", 2, "out of range 1KiB..1MiB"},
+        {"limits:\n  max_header_size: 10MB\n", 2, "write binary units KiB, MiB or GiB"},
+        {"limits:\n  upstream_pool_idle_per_key: lots\n", 2, "expected a non-negative integer"},
+        {"limits:\n  upstream_pool_idle_per_key: 5000\n", 2, "out of range 0..4096"},
+        /* YAML itself */
+        {"listen: [\"127.0.0.1:80\"\ndomains: [a]\n", 2, "YAML syntax error"},
+        {"workers: 1\n  log_level: info\n", 2, "YAML syntax error"},
+        {"workers: 1\nlog_level: \"info\n", 3, "YAML syntax error"},
+        {"workers: 1\n\tlog_level: info\n", 2, "YAML syntax error"},
+        {"workers: *nothing\n", 1, "YAML syntax error"},
+        {"workers: 1\n---\nworkers: 2\n", 2, "only one YAML document is allowed"},
+        {"workers: 1\nlog_level: \xff\xfe\n", 2, "YAML syntax error"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        parse_err(cases[i].yaml, cases[i].line, cases[i].needle);
+}
+
+static void test_file_several_errors(void **state)
+{
+    const char *yaml = "listen:\n"
+                       "  - 127.0.0.1:8080\n"
+                       "  - nonsense\n"  /* 3 */
+                       "workers: many\n" /* 4 */
+                       "sandboxes:\n"
+                       "  ok: 10.0.0.1\n"
+                       "  BAD: 10.0.0.2\n" /* 7 */
+                       "timeouts:\n"
+                       "  request_head: forever\n" /* 9 */
+                       "colour: blue\n";           /* 10 */
+    char err[4096];
+    sg_config_t *c = (sg_config_t *)1;
+    assert_int_equal(sg_config_parse_text(yaml, strlen(yaml), "f.yaml", &c, err, sizeof(err)), -1);
+    assert_null(c);
+    const char *want[] = {"f.yaml:3: listen:", "f.yaml:4: workers:", "f.yaml:7: sandboxes:",
+                          "f.yaml:9: timeouts.request_head:", "f.yaml:10: unknown key 'colour'"};
+    const char *p = err;
+    for (size_t i = 0; i < 5; i++) {
+        if (strncmp(p, want[i], strlen(want[i])) != 0)
+            fail_msg("line %zu: wanted '%s...' in:\n%s", i, want[i], err);
+        const char *nl = strchr(p, '\n');
+        if (i < 4)
+            assert_non_null(nl);
+        else
+            assert_null(nl);
+        p = nl ? nl + 1 : p;
+    }
+
+    /* Many errors are capped with a final notice. */
+    sg_strbuf_t b = {0};
+    sg_strbuf_append_cstr(&b, "sandboxes:\n");
+    for (int i = 0; i < 50; i++) sg_strbuf_appendf(&b, "  X%d: 1.2.3.4\n", i);
+    sg_strbuf_append(&b, "", 1);
+    assert_int_equal(sg_config_parse_text(b.base, b.len - 1, "f.yaml", &c, err, sizeof(err)), -1);
+    size_t lines = 1;
+    for (const char *q = err; *q; q++) lines += *q == '\n';
+    assert_int_equal(lines, SG_CONFIG__MAX_ERRORS);
+    assert_non_null(strstr(err, "too many errors"));
+    sg_strbuf_free(&b);
+
+    /* A short buffer gets a truncated but terminated message. */
+    char small[12];
+    memset(small, 'x', sizeof(small));
+    assert_int_equal(sg_config_parse_text("workers: x\n", 11, "f.yaml", &c, small, sizeof(small)),
+                     -1);
+    assert_string_equal(small, "f.yaml:1: w");
+    /* And no buffer at all is allowed. */
+    assert_int_equal(sg_config_parse_text("workers: x\n", 11, "f.yaml", &c, NULL, 0), -1);
+}
+
+/* Text is bounded by len, not by a NUL. */
+static void test_parse_text_length(void **state)
+{
+    const char text[] = "workers: 3\nworkers: bogus\n";
+    sg_config_t *c = parse_ok("workers: 3\n");
+    sg_config_unref(c);
+    char err[256];
+    assert_int_equal(sg_config_parse_text(text, 11, "t.yaml", &c, err, sizeof(err)), 0);
+    assert_int_equal(c->workers, 3);
+    sg_config_unref(c);
+}
+
+/* ---- command line ---------------------------------------------------------- */
+
+static void test_cli_no_flags_uses_embedded(void **state)
+{
+    sg_config_t *c = NULL;
+    sg_config_actions_t a = {1, 1, 1};
+    char err[1024];
+    assert_int_equal(load(&c, &a, err, sizeof(err), (const char *)NULL), 0);
+    assert_non_null(c);
+    assert_int_equal(a.check_only + a.show_help + a.show_version, 0);
+    assert_string_equal(c->source, "<embedded>");
+    check_defaults(c);
+    assert_int_equal(c->n_sandboxes, 1);
+    assert_string_equal(c->sandboxes[0].id, "demo");
+    sg_config_unref(c);
+}
+
+static const char file_yaml[] = "listen:\n"
+                                "  - 127.0.0.1:7000\n"
+                                "  - \"[::1]:7001\"\n"
+                                "domains: [file.example]\n"
+                                "workers: 2\n"
+                                "log_level: error\n"
+                                "sandboxes:\n"
+                                "  keep: 10.0.0.1\n"
+                                "  swap: {address: 10.0.0.2, mask: \"old:${PORT}\"}\n"
+                                "timeouts:\n"
+                                "  request_head: 7s\n";
+
+static void test_cli_config_file(void **state)
+{
+    char *path = temp_file(file_yaml);
+    sg_config_t *c = NULL;
+    char err[1024];
+    assert_int_equal(LOAD(&c, err, "--config", path), 0);
+    assert_string_equal(c->source, path);
+    assert_int_equal(c->n_listens, 2);
+    assert_string_equal(c->listens[1].text, "[::1]:7001");
+    assert_string_equal(c->domains[0], "file.example");
+    assert_int_equal(c->workers, 2);
+    assert_int_equal(c->log_level, SG_LOG_ERROR);
+    assert_int_equal(c->n_sandboxes, 2);
+    assert_int_equal(c->timeouts.request_head_ms, 7000);
+    assert_int_equal(c->timeouts.keepalive_idle_ms, 75000); /* untouched default */
+    sg_config_unref(c);
+
+    /* --config=FILE form. */
+    char flag[256];
+    snprintf(flag, sizeof(flag), "--config=%s", path);
+    assert_int_equal(LOAD(&c, err, flag), 0);
+    assert_int_equal(c->workers, 2);
+    sg_config_unref(c);
+    drop_file(path);
+}
+
+static void test_cli_overrides(void **state)
+{
+    char *path = temp_file(file_yaml);
+    sg_config_t *c = NULL;
+    char err[1024];
+    int rc = LOAD(&c, err, "--config", path, "--listen", "0.0.0.0:80", "--listen-tls=[::]:443",
+                  "--listen", "10.0.0.9:81", "--domain", "A.example", "--domain=.b.example",
+                  "--sandbox", "swap=fd00::2,mask=new-${PORT}.svc", "--sandbox=fresh=[::1]",
+                  "--workers", "5", "--log-level=debug");
+    if (rc != 0) fail_msg("%s", err);
+    /* The first list flag replaced the file's list, later ones accumulated. */
+    assert_int_equal(c->n_listens, 3);
+    assert_addr(&c->listens[0].addr, AF_INET, "0.0.0.0", 80);
+    assert_int_equal(c->listens[0].tls, 0);
+    assert_string_equal(c->listens[1].text, "[::]:443");
+    assert_addr(&c->listens[1].addr, AF_INET6, "::", 443);
+    assert_int_equal(c->listens[1].tls, 1);
+    assert_addr(&c->listens[2].addr, AF_INET, "10.0.0.9", 81);
+    assert_int_equal(c->n_domains, 2);
+    assert_string_equal(c->domains[0], "a.example");
+    assert_string_equal(c->domains[1], "b.example");
+    /* --sandbox merged by id: keep untouched, swap replaced, fresh added. */
+    assert_int_equal(c->n_sandboxes, 3);
+    const sg_sandbox_conf_t *sb = sandbox(c, "keep");
+    assert_non_null(sb);
+    assert_addr(&sb->addr, AF_INET, "10.0.0.1", 0);
+    assert_non_null(sb = sandbox(c, "swap"));
+    assert_addr(&sb->addr, AF_INET6, "fd00::2", 0);
+    assert_string_equal(sb->mask, "new-${PORT}.svc");
+    assert_non_null(sb = sandbox(c, "fresh"));
+    assert_addr(&sb->addr, AF_INET6, "::1", 0);
+    assert_null(sb->mask);
+    assert_int_equal(c->workers, 5);
+    assert_int_equal(c->log_level, SG_LOG_DEBUG);
+    assert_int_equal(c->timeouts.request_head_ms, 7000); /* file value kept */
+    sg_config_unref(c);
+
+    /* A sandbox flag without mask replaces the file's masked entry entirely. */
+    assert_int_equal(LOAD(&c, err, "--config", path, "--sandbox", "swap=10.9.9.9"), 0);
+    assert_non_null(sb = sandbox(c, "swap"));
+    assert_null(sb->mask);
+    assert_int_equal(c->n_listens, 2); /* no --listen: file list kept */
+    sg_config_unref(c);
+
+    /* Only --listen-tls also replaces the list. */
+    assert_int_equal(LOAD(&c, err, "--config", path, "--listen-tls", "127.0.0.1:8443"), 0);
+    assert_int_equal(c->n_listens, 1);
+    assert_int_equal(c->listens[0].tls, 1);
+    sg_config_unref(c);
+
+    /* --workers 0 resolves to the CPU count even over a file value. */
+    assert_int_equal(LOAD(&c, err, "--config", path, "--workers=0"), 0);
+    assert_int_equal(c->workers, cpus());
+    sg_config_unref(c);
+    drop_file(path);
+}
+
+static void test_cli_over_embedded(void **state)
+{
+    sg_config_t *c = NULL;
+    char err[1024];
+    assert_int_equal(LOAD(&c, err, "--sandbox", "box1=10.0.0.1", "--sandbox", "box2=10.0.0.2"), 0);
+    /* The built-in demo (this host's loopback) does not survive real sandboxes. */
+    assert_int_equal(c->n_sandboxes, 2);
+    assert_null(sandbox(c, "demo"));
+    assert_non_null(sandbox(c, "box1"));
+    assert_non_null(sandbox(c, "box2"));
+    assert_string_equal(c->listens[0].text, "127.0.0.1:8080");
+    sg_config_unref(c);
+
+    assert_int_equal(LOAD(&c, err, "--listen", "[::1]:9000", "--domain", "x.test"), 0);
+    assert_int_equal(c->n_listens, 1);
+    assert_string_equal(c->listens[0].text, "[::1]:9000");
+    assert_int_equal(c->n_domains, 1);
+    assert_string_equal(c->domains[0], "x.test");
+    assert_non_null(sandbox(c, "demo"));
+    sg_config_unref(c);
+}
+
+static void test_cli_sandbox_flag(void **state)
+{
+    static const struct {
+        const char *spec;
+        int family; /* 0: rejected */
+        const char *ip;
+        const char *mask;
+        const char *needle; /* error text when rejected */
+    } cases[] = {
+        {"a=10.0.0.1", AF_INET, "10.0.0.1", NULL, NULL},
+        {"a=::1", AF_INET6, "::1", NULL, NULL},
+        {"a=[fd00::7]", AF_INET6, "fd00::7", NULL, NULL},
+        {"a=fd00::7,mask=localhost:${PORT}", AF_INET6, "fd00::7", "localhost:${PORT}", NULL},
+        {"a=[::1],mask=[::1]:${PORT}", AF_INET6, "::1", "[::1]:${PORT}", NULL},
+        {"abc=10.0.0.1,mask=app.internal", AF_INET, "10.0.0.1", "app.internal", NULL},
+        {"a", 0, NULL, NULL, "expected ID=ADDRESS[,mask=TEMPLATE]"},
+        {"=10.0.0.1", 0, NULL, NULL, "sandbox id '' must be"},
+        {"A=10.0.0.1", 0, NULL, NULL, "sandbox id 'A' must be"},
+        {"a=", 0, NULL, NULL, "is not an IPv4 or IPv6 address"},
+        {"a=host.example", 0, NULL, NULL, "is not an IPv4 or IPv6 address"},
+        {"a=10.0.0.1:80", 0, NULL, NULL, "takes no port"},
+        {"a=10.0.0.1,port=80", 0, NULL, NULL, "unknown option 'port=80'"},
+        {"a=10.0.0.1,mask=", 0, NULL, NULL, "mask is empty"},
+        {"a=10.0.0.1,mask=a b", 0, NULL, NULL, "mask may only contain"},
+        {"a=10.0.0.1,mask=x,mask=y", 0, NULL, NULL, "mask given twice"},
+        {"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa=10.0.0.1", 0, NULL,
+         NULL, "must be 1..64"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        sg_config_t *c = NULL;
+        char err[1024];
+        int rc = LOAD(&c, err, "--sandbox", cases[i].spec);
+        if (cases[i].family == 0) {
+            if (rc != -1) fail_msg("'%s' should be rejected", cases[i].spec);
+            assert_null(c);
+            if (strncmp(err, "sandgate: --sandbox: ", 21) != 0 || !strstr(err, cases[i].needle))
+                fail_msg("'%s': wanted '%s', got '%s'", cases[i].spec, cases[i].needle, err);
+            continue;
+        }
+        if (rc != 0) fail_msg("'%s' rejected: %s", cases[i].spec, err);
+        assert_int_equal(c->n_sandboxes, 1);
+        assert_addr(&c->sandboxes[0].addr, cases[i].family, cases[i].ip, 0);
+        if (cases[i].mask)
+            assert_string_equal(c->sandboxes[0].mask, cases[i].mask);
+        else
+            assert_null(c->sandboxes[0].mask);
+        sg_config_unref(c);
+    }
+}
+
+static void test_cli_bad_flags(void **state)
+{
+    static const struct {
+        const char *args[4];
+        const char *error; /* whole message */
+    } cases[] = {
+        {{"--bogus"}, "sandgate: unknown flag '--bogus' (see --help)"},
+        {{"--bogus=1"}, "sandgate: unknown flag '--bogus' (see --help)"},
+        {{"-x"}, "sandgate: unknown flag '-x' (see --help)"},
+        {{"stray"}, "sandgate: unexpected argument 'stray' (see --help)"},
+        {{"--listen"}, "sandgate: --listen needs a value"},
+        {{"--domain", "--workers", "2"}, "sandgate: --domain needs a value"},
+        {{"--check-config=yes"}, "sandgate: --check-config takes no value"},
+        {{"--workers", "many"}, "sandgate: --workers: expected a non-negative integer, got 'many'"},
+        {{"--workers", "300"}, "sandgate: --workers: '300' is out of range 0..256"},
+        {{"--workers="}, "sandgate: --workers: expected a non-negative integer, got ''"},
+        {{"--log-level", "loud"},
+         "sandgate: --log-level: expected debug, info, warn or error, got 'loud'"},
+        {{"--listen", "localhost:80"},
+         "sandgate: --listen: 'localhost' is not an IPv4 address (use [..] for IPv6)"},
+        {{"--listen-tls", "[::1]"},
+         "sandgate: --listen-tls: expected [IPv6]:PORT, e.g. [::1]:8080, got '[::1]'"},
+        {{"--domain", "bad_domain"},
+         "sandgate: --domain: domain 'bad_domain' may only contain letters, digits, '-' and '.'"},
+        {{"--listen", "127.0.0.1:1", "--listen-tls", "127.0.0.1:1"},
+         "sandgate: duplicate listen address '127.0.0.1:1'"},
+        {{"--domain", "a.b", "--domain", "A.B."}, "sandgate: duplicate domain 'a.b'"},
+        {{"--sandbox", "a=10.0.0.1", "--sandbox", "a=10.0.0.2"},
+         "sandgate: --sandbox: 'a' given more than once"},
+        {{"--config", "/nonexistent/sg.yaml"},
+         "sandgate: cannot read config file '/nonexistent/sg.yaml': No such file or directory"},
+        {{"--config", "a.yaml", "--config", "b.yaml"}, "sandgate: --config given more than once"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        sg_config_t *c = (sg_config_t *)1;
+        sg_config_actions_t a;
+        char err[1024];
+        const char *const *v = cases[i].args;
+        int rc = load(&c, &a, err, sizeof(err), v[0], v[1], v[2], v[3], (const char *)NULL);
+        if (rc != -1) fail_msg("case %zu (%s) should fail", i, v[0]);
+        assert_null(c);
+        if (strcmp(err, cases[i].error) != 0)
+            fail_msg("case %zu: wanted\n  %s\ngot\n  %s", i, cases[i].error, err);
+    }
+
+    /* Several flag errors are all reported. */
+    sg_config_t *c = NULL;
+    char err[1024];
+    assert_int_equal(LOAD(&c, err, "--workers", "x", "--log-level", "y"), -1);
+    assert_non_null(strstr(err, "sandgate: --workers:"));
+    assert_non_null(strstr(err, "\nsandgate: --log-level:"));
+}
+
+static void test_cli_file_errors_have_lines(void **state)
+{
+    char *path = temp_file("workers: 2\n\nsandboxes:\n  demo: 10.0.0.1\n  demo: 10.0.0.2\n");
+    sg_config_t *c = NULL;
+    char err[1024], want[512];
+    assert_int_equal(LOAD(&c, err, "--config", path, "--workers", "3"), -1);
+    assert_null(c);
+    snprintf(want, sizeof(want), "%s:5: sandboxes: duplicate sandbox id 'demo' (first at line 4)",
+             path);
+    assert_string_equal(err, want);
+    drop_file(path);
+}
+
+static void test_cli_actions(void **state)
+{
+    sg_config_t *c = (sg_config_t *)1;
+    sg_config_actions_t a;
+    char err[1024];
+    /* Help answers even when values or the file are wrong. */
+    assert_int_equal(load(&c, &a, err, sizeof(err), "--workers", "x", "--config", "/nonexistent",
+                          "--help", (const char *)NULL),
+                     0);
+    assert_null(c);
+    assert_int_equal(a.show_help, 1);
+    assert_int_equal(a.show_version, 0);
+    assert_int_equal(load(&c, &a, err, sizeof(err), "-h", (const char *)NULL), 0);
+    assert_int_equal(a.show_help, 1);
+    assert_int_equal(load(&c, &a, err, sizeof(err), "--version", (const char *)NULL), 0);
+    assert_null(c);
+    assert_int_equal(a.show_version, 1);
+    assert_int_equal(a.show_help, 0);
+    /* But not when the flags themselves are malformed. */
+    assert_int_equal(load(&c, &a, err, sizeof(err), "--help", "--nope", (const char *)NULL), -1);
+
+    assert_int_equal(load(&c, &a, err, sizeof(err), "--check-config", (const char *)NULL), 0);
+    assert_non_null(c);
+    assert_int_equal(a.check_only, 1);
+    assert_int_equal(a.show_help + a.show_version, 0);
+    sg_config_unref(c);
+
+    /* actions may be NULL. */
+    assert_int_equal(load(&c, NULL, err, sizeof(err), "--check-config", (const char *)NULL), 0);
+    sg_config_unref(c);
+}
+
+static void test_usage_lists_every_flag(void **state)
+{
+    const char *flags[] = {"--config FILE", "--listen ADDR:PORT",       "--listen-tls ADDR:PORT",
+                           "--domain",      "--sandbox ID=ADDR[,mask=", "--workers N",
+                           "--log-level",   "--check-config",           "--version",
+                           "--help"};
+    for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++)
+        if (!strstr(sg_config_usage, flags[i])) fail_msg("usage lacks %s", flags[i]);
+}
+
+/* ---- dump, reload, refcount ------------------------------------------------ */
+
+static void test_dump_round_trip(void **state)
+{
+    sg_config_t *a =
+        parse_ok("listen: [\"[::1]:81\", {address: 10.0.0.1:443, tls: yes}]\n"
+                 "domains: [x.test, y.test]\n"
+                 "workers: 3\n"
+                 "log_level: debug\n"
+                 "sandboxes:\n"
+                 "  one: 10.0.0.1\n"
+                 "  two: {address: \"fd00::2\", mask: \"h-${PORT}.svc:8080\"}\n"
+                 "timeouts: {request_head: 1500ms, stream_idle: 2h, upstream_idle: 61s,"
+                 " upstream_retry_window: 0}\n"
+                 "limits: {max_header_size: 3000, upstream_pool_idle_per_key: 4}\n");
+    char *text = sg_config_dump(a);
+    assert_non_null(strstr(text, "request_head: 1500ms\n"));
+    assert_non_null(strstr(text, "stream_idle: 2h\n"));
+    assert_non_null(strstr(text, "max_header_size: 3000\n"));
+    assert_non_null(strstr(text, "mask: \"h-${PORT}.svc:8080\""));
+    sg_config_t *b = parse_ok(text);
+    char *again = sg_config_dump(b);
+    /* Same text apart from the source named in the first line. */
+    assert_string_equal(strchr(text, '\n'), strchr(again, '\n'));
+    assert_int_equal(b->workers, 3);
+    assert_int_equal(b->listens[1].tls, 1);
+    assert_int_equal(b->timeouts.upstream_idle_ms, 61000);
+    assert_null(sg_config_restart_key(a, b));
+    free(text);
+    free(again);
+    sg_config_unref(a);
+    sg_config_unref(b);
+
+    /* Defaults dump to text that parses back to defaults. */
+    a = parse_ok("sandboxes: {}\n");
+    text = sg_config_dump(a);
+    assert_non_null(strstr(text, "sandboxes: {}\n"));
+    b = parse_ok(text);
+    check_defaults(b);
+    free(text);
+    sg_config_unref(a);
+    sg_config_unref(b);
+}
+
+static void test_restart_key(void **state)
+{
+    sg_config_t *a = parse_ok("workers: 2\n");
+    sg_config_t *b = parse_ok("workers: 2\nlog_level: debug\ntimeouts: {request_head: 1s}\n"
+                              "domains: [z.test]\nsandboxes: {q: 10.0.0.1}\n");
+    assert_null(sg_config_restart_key(a, b)); /* all reloadable */
+    sg_config_unref(b);
+    b = parse_ok("workers: 3\n");
+    assert_string_equal(sg_config_restart_key(a, b), "workers");
+    sg_config_unref(b);
+    b = parse_ok("workers: 2\nlisten: [\"127.0.0.1:8081\"]\n");
+    assert_string_equal(sg_config_restart_key(a, b), "listen");
+    sg_config_unref(b);
+    b = parse_ok("workers: 2\nlisten: [{address: \"127.0.0.1:8080\", tls: true}]\n");
+    assert_string_equal(sg_config_restart_key(a, b), "listen");
+    sg_config_unref(b);
+    sg_config_unref(a);
+}
+
+static void test_refcount(void **state)
+{
+    sg_config_t *c = parse_ok("sandboxes: {a: {address: 10.0.0.1, mask: \"m-${PORT}\"}}\n");
+    assert_int_equal(atomic_load(&c->refs), 1);
+    sg_config_ref(c);
+    sg_config_ref(c);
+    assert_int_equal(atomic_load(&c->refs), 3);
+    sg_config_unref(c);
+    sg_config_unref(c);
+    assert_int_equal(atomic_load(&c->refs), 1);
+    assert_string_equal(c->sandboxes[0].mask, "m-${PORT}"); /* still alive */
+    sg_config_unref(c); /* frees; LeakSanitizer proves nothing is left */
+    sg_config_unref(NULL);
+}
+
+/* ---- shipped files stay in sync with the table ----------------------------- */
+
+static void test_example_file_and_keys_doc(void **state)
+{
+    char *example = slurp_repo("config/sandgate.example.yaml");
+    char *keys = slurp_repo("config/KEYS.md");
+    sg_config_t *c = parse_ok(example);
+    assert_true(c->n_sandboxes >= 1);
+    sg_config_unref(c);
+    for (size_t i = 0; i < sg_config__n_keys; i++) {
+        const char *name = sg_config__keys[i].name;
+        const char *leaf = strchr(name, '.') ? strchr(name, '.') + 1 : name;
+        char pat[128];
+        snprintf(pat, sizeof(pat), "`%s`", name);
+        if (!strstr(keys, pat)) fail_msg("KEYS.md lacks %s", pat);
+        snprintf(pat, sizeof(pat), "%s:", leaf);
+        if (!strstr(example, pat)) fail_msg("example lacks %s", pat);
+    }
+    const char *flags[] = {"`--config",  "`--listen ", "`--listen-tls", "`--domain",
+                           "`--sandbox", "`--workers", "`--log-level",  "`--check-config",
+                           "`--version", "`--help"};
+    for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++)
+        if (!strstr(keys, flags[i])) fail_msg("KEYS.md lacks %s", flags[i]);
+    free(example);
+    free(keys);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_defaults_empty_file),
+        cmocka_unit_test(test_embedded_default),
+        cmocka_unit_test(test_every_key),
+        cmocka_unit_test(test_workers_and_levels),
+        cmocka_unit_test(test_durations),
+        cmocka_unit_test(test_sizes),
+        cmocka_unit_test(test_listen_and_ip_parsers),
+        cmocka_unit_test(test_domain_parser),
+        cmocka_unit_test(test_file_errors),
+        cmocka_unit_test(test_file_several_errors),
+        cmocka_unit_test(test_parse_text_length),
+        cmocka_unit_test(test_cli_no_flags_uses_embedded),
+        cmocka_unit_test(test_cli_config_file),
+        cmocka_unit_test(test_cli_overrides),
+        cmocka_unit_test(test_cli_over_embedded),
+        cmocka_unit_test(test_cli_sandbox_flag),
+        cmocka_unit_test(test_cli_bad_flags),
+        cmocka_unit_test(test_cli_file_errors_have_lines),
+        cmocka_unit_test(test_cli_actions),
+        cmocka_unit_test(test_usage_lists_every_flag),
+        cmocka_unit_test(test_dump_round_trip),
+        cmocka_unit_test(test_restart_key),
+        cmocka_unit_test(test_refcount),
+        cmocka_unit_test(test_example_file_and_keys_doc),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
