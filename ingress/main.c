@@ -75,6 +75,12 @@ static void on_stop_signal(uv_signal_t *sig, int signum)
     uv_close((uv_handle_t *)&m->ticket_timer, NULL);
 }
 
+static void on_ticket_timer(uv_timer_t *t)
+{
+    sg_tls_rotate_ticket_keys();
+    sg_log_debug("tls: ticket keys rotated");
+}
+
 /* SIGHUP: re-read the configuration and certificates. Anything invalid
  * keeps the running snapshot; connections are never dropped. */
 static void on_reload_signal(uv_signal_t *sig, int signum)
@@ -102,18 +108,15 @@ static void on_reload_signal(uv_signal_t *sig, int signum)
         return;
     }
     sg_log_set_level((sg_log_level_t)cfg->log_level);
+    if (cfg->tls.ticket_key_rotation_ms != m->snap->config->tls.ticket_key_rotation_ms)
+        uv_timer_start(&m->ticket_timer, on_ticket_timer, cfg->tls.ticket_key_rotation_ms,
+                       cfg->tls.ticket_key_rotation_ms);
     sg_snapshot_t *snap = sg_snapshot_new(cfg, tls);
     for (unsigned i = 0; i < m->n_workers; i++) sg_worker_post_snapshot(&m->workers[i], snap);
     sg_snapshot_unref(m->snap);
     m->snap = snap;
     sg_log_info("reload: applied (%zu domains, %zu static sandboxes)", cfg->n_domains,
                 cfg->n_sandboxes);
-}
-
-static void on_ticket_timer(uv_timer_t *t)
-{
-    sg_tls_rotate_ticket_keys();
-    sg_log_debug("tls: ticket keys rotated");
 }
 
 int main(int argc, char **argv)

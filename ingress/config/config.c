@@ -16,6 +16,7 @@
 #define SG_MS_PER_S 1000ull
 #define SG_MS_PER_M (60ull * SG_MS_PER_S)
 #define SG_MS_PER_H (60ull * SG_MS_PER_M)
+#define SG_MS_PER_D (24ull * SG_MS_PER_H)
 #define SG_MAX_WORKERS 256
 /* Longest duration accepted for any timeout: a day. Longer values are almost
  * certainly unit mistakes ("300" meant as ms), and this keeps ms math far
@@ -55,6 +56,16 @@ const sg_config__key_t sg_config__keys[] = {
      1024 * 1024, 0, "request head size limit (431)"},
     {"limits.upstream_pool_idle_per_key", SG_CONF_T_UINT, SG_FIELD(upstream_pool_idle_per_key),
      "16", 0, 4096, 0, "idle upstream connections kept per sandbox:port, 0 = no pooling"},
+    {"tls.certificates", SG_CONF_T_CERTS, 0, 0, NULL, 0, 0, 0,
+     "certificates for TLS listeners: {cert, key, default}"},
+    {"tls.handshake_timeout", SG_CONF_T_DURATION, SG_FIELD(tls.handshake_timeout_ms), "10s", 1,
+     SG_MAX_TIMEOUT_MS, 0, "TLS handshake must finish within"},
+    {"tls.ticket_key_rotation", SG_CONF_T_DURATION, SG_FIELD(tls.ticket_key_rotation_ms), "1h",
+     SG_MS_PER_S, 7 * SG_MS_PER_D, 0, "session ticket keys are replaced this often"},
+    {"tls.expiry_warning", SG_CONF_T_DURATION, SG_FIELD(tls.expiry_warning_ms), "720h", 0,
+     3650 * SG_MS_PER_D, 0, "warn when a certificate expires within"},
+    {"tls.redirect_http", SG_CONF_T_BOOL, SG_FIELD(tls.redirect_http), "false", 0, 1, 0,
+     "plain listeners answer 308 to https:// instead of proxying"},
 };
 const size_t sg_config__n_keys = sizeof(sg_config__keys) / sizeof(sg_config__keys[0]);
 
@@ -255,6 +266,16 @@ int sg_config__parse_size(const char *text, uint64_t *bytes, char *why, size_t w
     return fail(why, whylen, "bad size '%s' (use e.g. 16384, 64KiB, 1MiB)", text);
 }
 
+int sg_config__parse_bool(const char *text, int *out)
+{
+    static const char *const yes[] = {"true", "yes", "on"}, *const no[] = {"false", "no", "off"};
+    for (int i = 0; i < 3; i++) {
+        if (strcasecmp(text, yes[i]) == 0) return *out = 1, 0;
+        if (strcasecmp(text, no[i]) == 0) return *out = 0, 0;
+    }
+    return -1;
+}
+
 static int parse_uint(const char *text, uint64_t *v, char *why, size_t whylen)
 {
     int n = scan_u64(text, v);
@@ -277,6 +298,10 @@ int sg_config__set_scalar(sg_config_t *c, const sg_config__key_t *k, const char 
         *(int *)field = (int)level;
         return 0;
     }
+    case SG_CONF_T_BOOL:
+        if (sg_config__parse_bool(text, (int *)field) != 0)
+            return fail(why, whylen, "expected true or false, got '%s'", text);
+        return 0;
     case SG_CONF_T_UINT:
         if (parse_uint(text, &v, why, whylen)) return -1;
         snprintf(lo, sizeof(lo), "%llu", (unsigned long long)k->min);
@@ -521,6 +546,7 @@ void sg_config__free(sg_config_t *c)
     sg_config__clear_listens(c);
     sg_config__clear_domains(c);
     sg_config__clear_sandboxes(c);
+    sg_config__clear_certs(c);
     free(c->source);
     free(c);
 }
@@ -615,6 +641,7 @@ int sg_config__finish(sg_config_t *c, const char *source, sg_config__errs_t *err
             }
         }
     }
+    sg_config__finish_tls(c, source, errs);
     if (errs->n != before) return -1;
     if (c->workers == 0) c->workers = cpu_count();
     return 0;
@@ -638,7 +665,7 @@ void sg_config_unref(sg_config_t *c)
 
 /* Double-quoted YAML scalar. Validated values never need escapes, but the
  * dump must stay parseable whatever a future setting lets through. */
-static void append_quoted(sg_strbuf_t *b, const char *s)
+void sg_config__append_quoted(sg_strbuf_t *b, const char *s)
 {
     sg_strbuf_append_cstr(b, "\"");
     for (; *s; s++) {
@@ -675,7 +702,7 @@ static void dump_key(sg_strbuf_t *b, const sg_config_t *c, const sg_config__key_
         sg_strbuf_append_cstr(b, "\n");
         for (size_t i = 0; i < c->n_listens; i++) {
             sg_strbuf_appendf(b, "%s  - {address: ", indent);
-            append_quoted(b, c->listens[i].text);
+            sg_config__append_quoted(b, c->listens[i].text);
             sg_strbuf_appendf(b, ", tls: %s}\n", c->listens[i].tls ? "true" : "false");
         }
         return;
@@ -683,7 +710,7 @@ static void dump_key(sg_strbuf_t *b, const sg_config_t *c, const sg_config__key_
         sg_strbuf_append_cstr(b, "\n");
         for (size_t i = 0; i < c->n_domains; i++) {
             sg_strbuf_appendf(b, "%s  - ", indent);
-            append_quoted(b, c->domains[i]);
+            sg_config__append_quoted(b, c->domains[i]);
             sg_strbuf_append_cstr(b, "\n");
         }
         return;
@@ -697,10 +724,10 @@ static void dump_key(sg_strbuf_t *b, const sg_config_t *c, const sg_config__key_
             char ip[INET6_ADDRSTRLEN];
             format_ip(&c->sandboxes[i].addr, ip, sizeof(ip));
             sg_strbuf_appendf(b, "%s  %s: {address: ", indent, c->sandboxes[i].id);
-            append_quoted(b, ip);
+            sg_config__append_quoted(b, ip);
             if (c->sandboxes[i].mask) {
                 sg_strbuf_append_cstr(b, ", mask: ");
-                append_quoted(b, c->sandboxes[i].mask);
+                sg_config__append_quoted(b, c->sandboxes[i].mask);
             }
             sg_strbuf_append_cstr(b, "}\n");
         }
@@ -711,6 +738,12 @@ static void dump_key(sg_strbuf_t *b, const sg_config_t *c, const sg_config__key_
         sg_strbuf_appendf(b, " %s\n", level >= 0 && level < 4 ? names[level] : "info");
         return;
     }
+    case SG_CONF_T_BOOL:
+        sg_strbuf_appendf(b, " %s\n", *(const int *)field ? "true" : "false");
+        return;
+    case SG_CONF_T_CERTS:
+        sg_config__dump_certs(b, c, indent);
+        return;
     case SG_CONF_T_UINT:
         snprintf(v, sizeof(v), "%llu", (unsigned long long)n);
         break;
@@ -777,6 +810,8 @@ static int key_eq(const sg_config__key_t *k, const sg_config_t *a, const sg_conf
             if (!x->mask != !y->mask || (x->mask && strcmp(x->mask, y->mask) != 0)) return 0;
         }
         return 1;
+    case SG_CONF_T_CERTS:
+        return sg_config__certs_eq(a, b);
     default:
         return memcmp((const char *)a + k->offset, (const char *)b + k->offset, k->size) == 0;
     }

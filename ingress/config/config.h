@@ -27,8 +27,11 @@ typedef struct {
     char *mask;                   /* Host template with ${PORT}, or NULL for "keep Host" */
 } sg_sandbox_conf_t;
 
-/* One certificate for TLS listeners (TLS issue). Paths are as given on the
- * command line, or resolved against the config file's directory. */
+/* One certificate for TLS listeners (TLS issue). Relative paths are resolved
+ * when the snapshot is built: against the working directory for --tls-cert
+ * and the built-in configuration, against the config file's directory for
+ * tls.certificates; the result is absolute (unless the working directory
+ * cannot be read). The files are not opened by the config module. */
 typedef struct {
     char *chain;    /* PEM chain, leaf first */
     char *key;      /* PEM private key */
@@ -36,12 +39,12 @@ typedef struct {
 } sg_cert_conf_t;
 
 typedef struct {
-    sg_cert_conf_t *certs;
-    size_t n_certs;
-    uint64_t handshake_timeout_ms;    /* tls.handshake_timeout, default 10s */
-    uint64_t ticket_key_rotation_ms;  /* tls.ticket_key_rotation, default 1h */
-    uint64_t expiry_warning_ms;       /* tls.expiry_warning, default 720h (30 days) */
-    int redirect_http;                /* tls.redirect_http: plain listeners answer 308 */
+    sg_cert_conf_t *certs;           /* exactly one is_default when n_certs > 0 */
+    size_t n_certs;                  /* >= 1 when any listener has tls */
+    uint64_t handshake_timeout_ms;   /* tls.handshake_timeout, default 10s */
+    uint64_t ticket_key_rotation_ms; /* tls.ticket_key_rotation, default 1h */
+    uint64_t expiry_warning_ms;      /* tls.expiry_warning, default 720h (30 days) */
+    int redirect_http;               /* tls.redirect_http: plain listeners answer 308 */
 } sg_tls_conf_t;
 
 typedef struct {
@@ -76,10 +79,12 @@ typedef struct sg_config_s {
  * err, each "file:line: message" for file errors or "sandgate: message" for
  * flag errors. Flags: --config FILE, --listen ADDR:PORT and --listen-tls
  * ADDR:PORT (repeatable), --domain D (repeatable), --sandbox
- * ID=ADDR[,mask=TEMPLATE] (repeatable), --workers N, --log-level L,
- * --check-config, --version, --help (-h). Repeated list flags replace the
- * file's list for that key, then accumulate; --sandbox replaces the file's
- * entry with the same id (without --config it replaces the embedded 'demo').
+ * ID=ADDR[,mask=TEMPLATE] (repeatable), --tls-cert CHAIN,KEY (repeatable),
+ * --redirect-http, --workers N, --log-level L, --check-config, --version,
+ * --help (-h). Repeated list flags replace the file's list for that key, then
+ * accumulate (the first --tls-cert is the default certificate); --sandbox
+ * replaces the file's entry with the same id (without --config it replaces
+ * the embedded 'demo').
  * `*check_only` / `*show_version` / `*show_help` are set when those flags
  * appear. With --help or --version the configuration is not loaded: the call
  * returns 0 with *out == NULL. `actions` may be NULL. */
@@ -115,8 +120,9 @@ void sg_config_unref(sg_config_t *c);
 char *sg_config_dump(const sg_config_t *c);
 
 /* Reload check: the name of the first setting that differs between the two
- * snapshots and cannot change without a restart ("listen", "workers"), or
- * NULL when new_c may replace old_c in place. */
+ * snapshots and cannot change without a restart ("listen", "workers",
+ * "tls.ticket_key_rotation"), or NULL when new_c may replace old_c in place
+ * (certificates and the other tls settings may change). */
 const char *sg_config_restart_key(const sg_config_t *old_c, const sg_config_t *new_c);
 
 #endif

@@ -20,7 +20,13 @@ const char sg_config_usage[] =
     "Options:\n"
     "  --config FILE                YAML configuration file (default: the built-in one)\n"
     "  --listen ADDR:PORT           accept HTTP on ADDR:PORT, IPv6 as [::1]:8080 (repeatable)\n"
-    "  --listen-tls ADDR:PORT       accept HTTPS on ADDR:PORT (repeatable)\n"
+    "  --listen-tls ADDR:PORT       accept HTTPS on ADDR:PORT (repeatable; needs --tls-cert\n"
+    "                               or tls.certificates in the file)\n"
+    "  --tls-cert CHAIN,KEY         PEM certificate chain (leaf first) and private key for\n"
+    "                               HTTPS; the first is the default for clients without SNI\n"
+    "                               (repeatable)\n"
+    "  --redirect-http              plain HTTP listeners answer 308 to https:// instead\n"
+    "                               of proxying\n"
     "  --domain NAME                serve <port>-<id>.NAME (repeatable)\n"
     "  --sandbox ID=ADDR[,mask=T]   static sandbox ID at IP address ADDR; T is the Host sent\n"
     "                               upstream, with ${PORT} replaced by the port (repeatable)\n"
@@ -31,8 +37,8 @@ const char sg_config_usage[] =
     "  --help, -h                   print this help and exit\n"
     "\n"
     "Values go as '--flag VALUE' or '--flag=VALUE'. Flags override the file: the first\n"
-    "--listen/--listen-tls (or --domain) replaces the file's list, later ones add to it;\n"
-    "--sandbox adds a sandbox or replaces the file's entry with the same ID.\n"
+    "--listen/--listen-tls, --domain or --tls-cert replaces the file's list, later ones\n"
+    "add to it; --sandbox adds a sandbox or replaces the file's entry with the same ID.\n"
     "Without --config the built-in configuration applies (listen 127.0.0.1:8080, domain\n"
     "sandbox.localhost, sandbox 'demo' at 127.0.0.1); any --sandbox then replaces 'demo'.\n";
 
@@ -44,6 +50,8 @@ typedef enum {
     SG_FLAG_SANDBOX,
     SG_FLAG_WORKERS,
     SG_FLAG_LOG_LEVEL,
+    SG_FLAG_TLS_CERT,
+    SG_FLAG_REDIRECT_HTTP,
     SG_FLAG_CHECK_CONFIG,
     SG_FLAG_VERSION,
     SG_FLAG_HELP,
@@ -61,6 +69,8 @@ static const struct {
     {"--sandbox", SG_FLAG_SANDBOX, 1},
     {"--workers", SG_FLAG_WORKERS, 1},
     {"--log-level", SG_FLAG_LOG_LEVEL, 1},
+    {"--tls-cert", SG_FLAG_TLS_CERT, 1},
+    {"--redirect-http", SG_FLAG_REDIRECT_HTTP, 0},
     {"--check-config", SG_FLAG_CHECK_CONFIG, 0},
     {"--version", SG_FLAG_VERSION, 0},
     {"--help", SG_FLAG_HELP, 0},
@@ -199,6 +209,7 @@ static void apply_flags(sg_config_t *c, const sg_flag_t *flags, size_t n, int fr
 {
     char why[256];
     int listens_replaced = 0, domains_replaced = 0, sandboxes_replaced = from_file;
+    int certs_replaced = 0;
     for (size_t i = 0; i < n; i++) {
         const sg_flag_t *f = &flags[i];
         switch (f->id) {
@@ -247,6 +258,20 @@ static void apply_flags(sg_config_t *c, const sg_flag_t *flags, size_t n, int fr
             sg_config__put_sandbox(c, &sb);
             break;
         }
+        case SG_FLAG_TLS_CERT: {
+            sg_cert_conf_t cert;
+            if (!certs_replaced) sg_config__clear_certs(c), certs_replaced = 1;
+            if (sg_config__parse_cert_flag(f->value, &cert, why, sizeof(why)) != 0) {
+                sg_config__error(errs, SG_CLI, 0, "--tls-cert: %s", why);
+                break;
+            }
+            /* A list built by flags has no other way to name its default. */
+            sg_config__add_cert(c, cert.chain, cert.key, c->tls.n_certs == 0);
+            break;
+        }
+        case SG_FLAG_REDIRECT_HTTP:
+            c->tls.redirect_http = 1;
+            break;
         case SG_FLAG_WORKERS:
         case SG_FLAG_LOG_LEVEL: {
             const char *key = f->id == SG_FLAG_WORKERS ? "workers" : "log_level";

@@ -40,6 +40,8 @@ typedef enum {
     SG_CONF_T_DURATION,  /* uint64_t milliseconds at offset, "1.5s" etc. */
     SG_CONF_T_SIZE,      /* size_t bytes at offset, "64KiB" etc. */
     SG_CONF_T_LOG_LEVEL, /* int at offset, debug|info|warn|error */
+    SG_CONF_T_BOOL,      /* int at offset, 0 or 1; true|false|yes|no|on|off */
+    SG_CONF_T_CERTS,     /* sg_config_t.tls.certs / n_certs (config_tls.c) */
 } sg_config__type_t;
 
 /* The setting cannot change on reload; a new snapshot that differs here
@@ -74,6 +76,8 @@ int sg_config__set_scalar(sg_config_t *c, const sg_config__key_t *k, const char 
                           size_t whylen);
 int sg_config__parse_duration(const char *text, uint64_t *ms, char *why, size_t whylen);
 int sg_config__parse_size(const char *text, uint64_t *bytes, char *why, size_t whylen);
+/* true/yes/on -> 1, false/no/off -> 0 (any case); -1 for anything else. */
+int sg_config__parse_bool(const char *text, int *out);
 /* "ADDR:PORT" with ADDR an IPv4 literal or a bracketed IPv6 literal. */
 int sg_config__parse_listen(const char *text, int tls, sg_listen_conf_t *out, char *why,
                             size_t whylen);
@@ -105,6 +109,31 @@ long sg_config__find_domain(const sg_config_t *c, const char *d);
 long sg_config__find_sandbox(const sg_config_t *c, const char *id);
 /* Adds sb or replaces the entry with the same id; takes ownership of sb->mask. */
 void sg_config__put_sandbox(sg_config_t *c, const sg_sandbox_conf_t *sb);
+
+/* ---- TLS (config_tls.c) ---------------------------------------------------- */
+
+/* A certificate path as the snapshot keeps it: absolute paths unchanged;
+ * relative ones joined to the directory of `source` (a config file path),
+ * made absolute with the working directory. A `source` without '/', a
+ * pseudo-name like "<embedded>", or NULL (command line) means the working
+ * directory. If the working directory is unknown the result stays relative
+ * (to it). Returns a malloc'd string; never touches the file. */
+char *sg_config__resolve_path(const char *source, const char *path);
+void sg_config__clear_certs(sg_config_t *c);
+/* Appends a certificate; takes ownership of chain and key. */
+void sg_config__add_cert(sg_config_t *c, char *chain, char *key, int is_default);
+/* --tls-cert "CHAIN,KEY": both non-empty, exactly one ','; paths resolved
+ * against the working directory. On success *out owns two malloc'd paths
+ * (is_default 0). */
+int sg_config__parse_cert_flag(const char *spec, sg_cert_conf_t *out, char *why, size_t whylen);
+/* Part of sg_config__finish: a TLS listener needs a certificate; when none is
+ * marked default the first one becomes the default. Errors go to errs. */
+void sg_config__finish_tls(sg_config_t *c, const char *source, sg_config__errs_t *errs);
+/* Dump of the certificate list after "<indent>certificates:". */
+void sg_config__dump_certs(sg_strbuf_t *b, const sg_config_t *c, const char *indent);
+/* Double-quoted YAML scalar (config.c). */
+void sg_config__append_quoted(sg_strbuf_t *b, const char *s);
+int sg_config__certs_eq(const sg_config_t *a, const sg_config_t *b);
 
 /* Parses YAML into c (which holds defaults or an earlier layer). Keys present
  * in the text replace c's values. Returns 0, or -1 after recording errors. */

@@ -5,7 +5,6 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <yaml.h>
 
 typedef struct {
@@ -96,16 +95,6 @@ static int duplicate_key(sg_yaml_walk_t *w, yaml_node_t *map, yaml_node_pair_t *
     return 0;
 }
 
-static int parse_bool(const char *v, int *out)
-{
-    static const char *const yes[] = {"true", "yes", "on"}, *const no[] = {"false", "no", "off"};
-    for (int i = 0; i < 3; i++) {
-        if (strcasecmp(v, yes[i]) == 0) return *out = 1, 0;
-        if (strcasecmp(v, no[i]) == 0) return *out = 0, 0;
-    }
-    return -1;
-}
-
 /* A `listen` item: "ADDR:PORT" or {address: "ADDR:PORT", tls: bool}. */
 static void walk_listen_item(sg_yaml_walk_t *w, const char *name, yaml_node_t *item)
 {
@@ -129,7 +118,7 @@ static void walk_listen_item(sg_yaml_walk_t *w, const char *name, yaml_node_t *i
                 const char *b = scalar_text(w, v, "listen.tls");
                 if (!b) {
                     ok = 0;
-                } else if (parse_bool(b, &tls) != 0) {
+                } else if (sg_config__parse_bool(b, &tls) != 0) {
                     WALK_ERROR(w, v, "listen.tls: expected true or false, got '%s'", b);
                     ok = 0;
                 }
@@ -282,6 +271,84 @@ static void walk_sandboxes(sg_yaml_walk_t *w, const sg_config__key_t *k, yaml_no
     }
 }
 
+/* One `tls.certificates` item: {cert: PATH, key: PATH, default: bool}.
+ * *default_line is the line of the first `default: true` seen so far. */
+static void walk_cert(sg_yaml_walk_t *w, const char *name, yaml_node_t *item, size_t *default_line)
+{
+    static const char *const fields[] = {"cert", "key"};
+    const char *paths[2] = {NULL, NULL};
+    int seen[2] = {0, 0}, is_default = 0, ok = 1;
+    char where[64];
+    if (item->type != YAML_MAPPING_NODE) {
+        WALK_ERROR(w, item, "%s: expected a mapping {cert: PATH, key: PATH}, got %s", name,
+                   kind_name(item));
+        return;
+    }
+    for (yaml_node_pair_t *p = item->data.mapping.pairs.start; p < item->data.mapping.pairs.top;
+         p++) {
+        const char *k = pair_key(w, p, name);
+        yaml_node_t *v = node_at(w, p->value);
+        int f = !k ? -1 : strcmp(k, "cert") == 0 ? 0 : strcmp(k, "key") == 0 ? 1 : -1;
+        if (!k || duplicate_key(w, item, p, name, "key")) {
+            ok = 0;
+        } else if (f >= 0) {
+            snprintf(where, sizeof(where), "%s.%s", name, fields[f]);
+            seen[f] = 1;
+            if (is_null(v)) {
+                WALK_ERROR(w, v, "%s: missing path", where);
+                ok = 0;
+            } else if (!(paths[f] = scalar_text(w, v, where))) {
+                ok = 0;
+            } else if (!*paths[f]) {
+                WALK_ERROR(w, v, "%s: path is empty", where);
+                ok = 0;
+            }
+        } else if (strcmp(k, "default") == 0) {
+            snprintf(where, sizeof(where), "%s.default", name);
+            const char *b = scalar_text(w, v, where);
+            if (!b) {
+                ok = 0;
+            } else if (sg_config__parse_bool(b, &is_default) != 0) {
+                WALK_ERROR(w, v, "%s: expected true or false, got '%s'", where, b);
+                ok = 0;
+            } else if (is_default && *default_line) {
+                WALK_ERROR(w, v, "%s: only one certificate may be the default (first at line %zu)",
+                           name, *default_line);
+                ok = 0;
+            } else if (is_default) {
+                *default_line = node_line(v);
+            }
+        } else {
+            WALK_ERROR(w, node_at(w, p->key), "unknown key '%s.%s' (expected cert, key, default)",
+                       name, k);
+            ok = 0;
+        }
+    }
+    for (int f = 0; f < 2; f++) {
+        if (seen[f]) continue;
+        WALK_ERROR(w, item, "%s: item lacks '%s'", name, fields[f]);
+        ok = 0;
+    }
+    if (!ok) return;
+    sg_config__add_cert(w->c, sg_config__resolve_path(w->source, paths[0]),
+                        sg_config__resolve_path(w->source, paths[1]), is_default);
+}
+
+/* tls.certificates: a list (possibly empty) that replaces the previous one. */
+static void walk_certs(sg_yaml_walk_t *w, const sg_config__key_t *k, yaml_node_t *n)
+{
+    size_t default_line = 0;
+    sg_config__clear_certs(w->c);
+    if (is_null(n)) return;
+    if (n->type != YAML_SEQUENCE_NODE) {
+        WALK_ERROR(w, n, "%s: expected a list of {cert: PATH, key: PATH} mappings, got %s", k->name,
+                   kind_name(n));
+        return;
+    }
+    for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top; it++)
+        walk_cert(w, k->name, node_at(w, *it), &default_line);
+}
+
 static void walk_key(sg_yaml_walk_t *w, const sg_config__key_t *k, yaml_node_t *n)
 {
     char why[256];
@@ -292,6 +359,9 @@ static void walk_key(sg_yaml_walk_t *w, const sg_config__key_t *k, yaml_node_t *
         return;
     case SG_CONF_T_SANDBOXES:
         walk_sandboxes(w, k, n);
+        return;
+    case SG_CONF_T_CERTS:
+        walk_certs(w, k, n);
         return;
     default:
         break;
@@ -305,7 +375,7 @@ static void walk_key(sg_yaml_walk_t *w, const sg_config__key_t *k, yaml_node_t *
         WALK_ERROR(w, n, "%s: %s", k->name, why);
 }
 
-/* `timeouts:` / `limits:` — a mapping whose keys are rows "<section>.<key>". */
+/* `timeouts:` / `limits:` / `tls:` — a mapping whose keys are rows "<section>.<key>". */
 static void walk_section(sg_yaml_walk_t *w, const char *section, yaml_node_t *n)
 {
     if (is_null(n)) return;

@@ -98,7 +98,8 @@ static int on_headers_complete(llhttp_t *l)
     p->headers_done = 1;
     if (l->type == HTTP_RESPONSE) {
         if (l->status_code == 101) return p->expect_upgrade ? 2 : -1;
-        if (p->skip_body) return 1;
+        /* No body whatever the framing headers say (RFC 9112 6.3). */
+        if (p->skip_body || l->status_code == 204 || l->status_code == 304) return 1;
     }
     return 0;
 }

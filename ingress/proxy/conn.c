@@ -403,6 +403,12 @@ void sg_conn_upstream_ready(sg_conn_t *c, sg_upstream_t *up, int from_pool)
     up->stream.data = c;
     c->state = SG_CONN_PROXYING;
     c->upstream_paused = c->upstream_eof = 0;
+    /* A fresh response parser per attempt (a retry starts over). */
+    sg_h1_reset(&c->res, HTTP_RESPONSE);
+    c->res.skip_body = c->head_method;
+    c->res.expect_upgrade = c->upgrade;
+    sg_strbuf_reset(&c->res_head);
+    c->res_parsed = 0;
     sg_stream_read_start(&up->stream, sg_relay_upstream_read_cb);
 
     if (!c->req_out.len) {

@@ -185,7 +185,9 @@ sg_err_t sg_route_parse_host(sg_slice_t host, char *const *domains, size_t n_dom
     size_t dom_len = match_domain(lower, name_len, domains, n_domains, &index, &exact);
     if (dom_len == 0)
         return fail(reason, SG_ERR_HOST_UNKNOWN_DOMAIN, "Host is not under a served domain");
-    if (exact) return fail(reason, SG_ERR_HOST_MALFORMED, "missing <port>-<id> label");
+    /* The bare domain does not end in ".<domain>": it is not a sandbox host. */
+    if (exact)
+        return fail(reason, SG_ERR_HOST_UNKNOWN_DOMAIN, "the domain itself names no sandbox");
 
     size_t label_len = name_len - dom_len - 1;
     for (size_t i = 0; i < label_len; i++) {

@@ -40,7 +40,6 @@ from httpio import (
     is_chunked,
     iter_payload,
     parse_head,
-    payload_sha256,
     read_chunked,
 )
 
@@ -380,7 +379,6 @@ class RawBackend:
         how = req.query.get("how", "fin")
         if mode == "cl":
             req.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
-            left = sent
             for mv in iter_payload(sent):
                 req.send(mv)
         else:

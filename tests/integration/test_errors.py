@@ -165,3 +165,14 @@ def test_headers_too_large(sandgate_factory, backends):
     check_json(r, 431, "headers_too_large")
     # nothing of the oversized requests reached the backend
     assert b"X-H299" not in a.raw_all() and b"a" * 10000 not in a.raw_all()
+
+
+@pytest.mark.parametrize("host,status,name", [
+    ("3000-ab_c.sandbox.test", 400, "host_malformed"),
+    ("3000-abc.example.com", 421, "host_unknown_domain"),
+])
+def test_other_errors_html_for_navigation(sg, host, status, name):
+    r = one_request(sg.port, "GET", "/", host=host, headers=[("Sec-Fetch-Mode", "navigate")])
+    assert r.status == status and r.error_name == name, r
+    assert r.header("Content-Type", "").startswith("text/html"), r
+    assert "<html" in r.body.decode().lower()

@@ -3,7 +3,7 @@ closes the connection, and the backend never sees the smuggled request."""
 
 import pytest
 
-from client import Conn
+from client import Closed, Conn
 from conftest import SCALE
 from httpio import wait_closed
 
@@ -78,3 +78,31 @@ def test_valid_request_after_rejections_still_works(sg, backends):
         c.send(SMUGGLED.replace(b"{H}", h.encode()))
         r2 = c.read_response()
         assert r2.status == 200 and r2.json()["target"] == "/smuggled"
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_error_response_does_not_reparse_request_body(sg, backends, framing):
+    """A request sandgate refuses (unknown sandbox) may carry a body that looks
+    like a request; it must be skipped or the connection closed, never parsed
+    as the next request."""
+    a, _ = backends
+    inner = b"GET /smuggled HTTP/1.1\r\nHost: %d-abc.sandbox.test\r\n\r\n" % a.port
+    if framing == "length":
+        first = b"POST / HTTP/1.1\r\nHost: 3000-nosuch.sandbox.test\r\nContent-Length: %d\r\n\r\n" % len(inner) + inner
+    else:
+        first = (b"POST / HTTP/1.1\r\nHost: 3000-nosuch.sandbox.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b"%x\r\n" % len(inner) + inner + b"\r\n0\r\n\r\n")
+    with Conn(sg.port, timeout=5 * SCALE) as c:
+        c.send(first)
+        r = c.read_response()
+        assert r.status == 502 and r.error_name == "sandbox_not_found", r
+        closing = (r.header("Connection") or "").lower() == "close"
+        try:
+            c.send(b"GET /echo?after=1 HTTP/1.1\r\nHost: %d-abc.sandbox.test\r\n\r\n" % a.port)
+            r2 = c.read_response()
+        except (Closed, ConnectionResetError, BrokenPipeError) as e:  # closed: acceptable
+            r2 = e
+    if not isinstance(r2, Exception):
+        assert not closing, "response after 'Connection: close'"
+        assert r2.status == 200 and r2.json()["target"] == "/echo?after=1", r2
+    assert b"/smuggled" not in a.raw_all()

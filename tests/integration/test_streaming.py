@@ -207,27 +207,45 @@ def test_close_delimited_response(sg, backends):
             assert r.close_how == "eof", "close-delimited body ended by %s" % r.close_how
 
 
-def test_head_and_bodiless_statuses_do_not_hang(sg, backends):
+def assert_in_sync(c, sg, port):
+    """The connection is still in sync: the next answer is the right one and
+    nothing stray follows it."""
+    r = c.request("GET", "/echo?last=1", host=sg.host(port))
+    assert r.status == 200 and r.json()["target"] == "/echo?last=1", r
+    c.sock.settimeout(0.3)
+    try:
+        stray = c.sock.recv(100)
+    except OSError:
+        stray = b""
+    assert stray == b"", "unexpected bytes: %r" % stray
+
+
+def test_head_response_with_content_length_does_not_hang(sg, backends):
     a, _ = backends
     with Conn(sg.port, timeout=5 * SCALE) as c:
         r = c.request("HEAD", "/echo", host=sg.host(a.port))
         assert r.status == 200, r
         assert int(r.header("Content-Length")) > 0  # describes the GET body, none follows
-        r = c.request("GET", "/status/204", host=sg.host(a.port))
-        assert r.status == 204 and r.header("X-Status-Test") == "204", r
-        r = c.request("GET", "/status/304", host=sg.host(a.port), headers=[("If-None-Match", '"v1"')])
-        assert r.status == 304 and r.header("X-Status-Test") == "304", r
         r = c.request("HEAD", "/download?size=1000000&mode=cl", host=sg.host(a.port))
         assert r.status == 200 and r.header("Content-Length") == "1000000"
-        # the connection is still in sync: the next answer is the right one
-        r = c.request("GET", "/echo?last=1", host=sg.host(a.port))
-        assert r.status == 200 and r.json()["target"] == "/echo?last=1", r
-        c.sock.settimeout(0.3)
-        try:
-            stray = c.sock.recv(100)
-        except OSError:
-            stray = b""
-        assert stray == b"", "unexpected bytes: %r" % stray
+        assert_in_sync(c, sg, a.port)
+
+
+def test_204_response_does_not_hang(sg, backends):
+    a, _ = backends
+    with Conn(sg.port, timeout=5 * SCALE) as c:
+        r = c.request("GET", "/status/204", host=sg.host(a.port))
+        assert r.status == 204 and r.header("X-Status-Test") == "204", r
+        assert_in_sync(c, sg, a.port)
+
+
+def test_304_response_with_content_length_does_not_hang(sg, backends):
+    a, _ = backends
+    with Conn(sg.port, timeout=5 * SCALE) as c:
+        r = c.request("GET", "/status/304", host=sg.host(a.port), headers=[("If-None-Match", '"v1"')])
+        assert r.status == 304 and r.header("X-Status-Test") == "304", r
+        assert r.header("Content-Length") == "5"
+        assert_in_sync(c, sg, a.port)
 
 
 def test_expect_100_continue_with_curl(sg, backends, tmp_path):

@@ -5,8 +5,6 @@ import json
 import socket
 import time
 
-import pytest
-
 from client import Conn, one_request
 from conftest import SCALE
 from httpio import wait_closed

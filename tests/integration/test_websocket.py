@@ -70,3 +70,45 @@ def test_websocket_to_closed_port_is_502(sg):
         assert ei.value.status_code == 502
 
     asyncio.run(run())
+
+
+def raw_upgrade_handler(backend, req):
+    """101 with the first tunnel bytes in the same write, then echo upper-cased."""
+    backend.event(kind="upgrade_request", headers=list(req.headers))
+    req.send(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x-test\r\nConnection: Upgrade\r\n\r\nserver-first")
+    r = req.conn.reader
+    while True:
+        if r.buf:
+            data = bytes(r.buf)
+            r.buf.clear()
+            req.send(data.upper())
+        if not r.fill():
+            break
+    backend.event(kind="upgrade_eof")
+    return False
+
+
+def test_raw_upgrade_tunnels_both_ways(sg, backends):
+    from client import Conn
+    from httpio import wait_closed
+
+    a, _ = backends
+    a.route("/raw-upgrade", raw_upgrade_handler)
+    with Conn(sg.port, timeout=5 * SCALE) as c:
+        c.send(b"GET /raw-upgrade HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade\r\nUpgrade: x-test\r\n\r\n"
+               % sg.host(a.port).encode())
+        r = c.read_head()
+        assert r.status == 101, r
+        assert (r.header("Upgrade") or "").lower() == "x-test"
+        assert c.reader.read_exact(len(b"server-first")) == b"server-first"
+        for word in (b"hello", b"tunnel" * 10000, b"\x00\xff binary"):
+            c.send(word)
+            assert c.reader.read_exact(len(word)) == word.upper()
+        # client half-close reaches the backend as EOF, which then closes
+        c.sock.shutdown(__import__("socket").SHUT_WR)
+        assert a.wait_for(lambda: a.find_events("upgrade_eof"), 5 * SCALE)
+        how, extra = wait_closed(c.sock, 5 * SCALE)
+        assert how is not None and extra == b""
+    hs = dict((n.lower(), v) for n, v in a.find_events("upgrade_request")[0]["headers"])
+    assert hs.get("upgrade") == "x-test"
+    assert "upgrade" in hs.get("connection", "").lower()

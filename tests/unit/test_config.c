@@ -157,6 +157,12 @@ static void check_defaults(const sg_config_t *c)
     assert_int_equal(c->timeouts.upstream_idle_ms, 60000);
     assert_int_equal(c->max_header_bytes, 65536);
     assert_int_equal(c->upstream_pool_idle_per_key, 16);
+    assert_int_equal(c->tls.n_certs, 0);
+    assert_null(c->tls.certs);
+    assert_int_equal(c->tls.handshake_timeout_ms, 10000);
+    assert_int_equal(c->tls.ticket_key_rotation_ms, 3600000);
+    assert_int_equal(c->tls.expiry_warning_ms, 720ull * 3600000);
+    assert_int_equal(c->tls.redirect_http, 0);
 }
 
 static void test_defaults_empty_file(void **state)
@@ -173,7 +179,14 @@ static void test_defaults_empty_file(void **state)
     sg_config_unref(c);
 
     /* Empty sections keep their defaults. */
-    c = parse_ok("timeouts:\nlimits: {}\nsandboxes:\n");
+    c = parse_ok("timeouts:\nlimits: {}\nsandboxes:\ntls:\n");
+    check_defaults(c);
+    assert_int_equal(c->n_sandboxes, 0);
+    sg_config_unref(c);
+    c = parse_ok("tls: {certificates: []}\n");
+    check_defaults(c);
+    sg_config_unref(c);
+    c = parse_ok("tls:\n  certificates:\n");
     check_defaults(c);
     assert_int_equal(c->n_sandboxes, 0);
     sg_config_unref(c);
@@ -222,7 +235,16 @@ static void test_every_key(void **state)
                               "  upstream_idle: 0.5m\n"
                               "limits:\n"
                               "  max_header_size: 1MiB\n"
-                              "  upstream_pool_idle_per_key: 0\n");
+                              "  upstream_pool_idle_per_key: 0\n"
+                              "tls:\n"
+                              "  certificates:\n"
+                              "    - cert: /etc/sg/a.pem\n"
+                              "      key: /etc/sg/a.key\n"
+                              "    - {cert: /etc/sg/b.pem, key: /etc/sg/b.key, default: yes}\n"
+                              "  handshake_timeout: 2.5s\n"
+                              "  ticket_key_rotation: 12h\n"
+                              "  expiry_warning: 0\n"
+                              "  redirect_http: true\n");
     assert_int_equal(c->n_listens, 4);
     assert_string_equal(c->listens[0].text, "0.0.0.0:80");
     assert_addr(&c->listens[0].addr, AF_INET, "0.0.0.0", 80);
@@ -262,6 +284,17 @@ static void test_every_key(void **state)
     assert_int_equal(c->timeouts.upstream_idle_ms, 30000);
     assert_int_equal(c->max_header_bytes, 1048576);
     assert_int_equal(c->upstream_pool_idle_per_key, 0);
+    assert_int_equal(c->tls.n_certs, 2);
+    assert_string_equal(c->tls.certs[0].chain, "/etc/sg/a.pem");
+    assert_string_equal(c->tls.certs[0].key, "/etc/sg/a.key");
+    assert_int_equal(c->tls.certs[0].is_default, 0);
+    assert_string_equal(c->tls.certs[1].chain, "/etc/sg/b.pem");
+    assert_string_equal(c->tls.certs[1].key, "/etc/sg/b.key");
+    assert_int_equal(c->tls.certs[1].is_default, 1);
+    assert_int_equal(c->tls.handshake_timeout_ms, 2500);
+    assert_int_equal(c->tls.ticket_key_rotation_ms, 12 * 3600000);
+    assert_int_equal(c->tls.expiry_warning_ms, 0);
+    assert_int_equal(c->tls.redirect_http, 1);
     sg_config_unref(c);
 }
 
@@ -603,6 +636,57 @@ static void test_file_errors(void **state)
         {"limits:\n  max_header_size: 10MB\n", 2, "write binary units KiB, MiB or GiB"},
         {"limits:\n  upstream_pool_idle_per_key: lots\n", 2, "expected a non-negative integer"},
         {"limits:\n  upstream_pool_idle_per_key: 5000\n", 2, "out of range 0..4096"},
+        /* tls */
+        {"tls: [a]\n", 1, "tls: expected a mapping, got a list"},
+        {"tls:\n  certs: []\n", 2, "unknown key 'tls.certs'"},
+        {"tls:\n  certificates: a.pem\n", 2,
+         "tls.certificates: expected a list of {cert: PATH, key: PATH} mappings, got a single"},
+        {"tls:\n  certificates: {cert: a.pem, key: a.key}\n", 2,
+         "tls.certificates: expected a list of {cert: PATH, key: PATH} mappings, got a mapping"},
+        {"tls:\n  certificates:\n    - a.pem\n", 3,
+         "tls.certificates: expected a mapping {cert: PATH, key: PATH}, got a single value"},
+        {"tls:\n  certificates:\n    - {cert: a.pem, key: a.key}\n    - key: b.key\n", 4,
+         "tls.certificates: item lacks 'cert'"},
+        {"tls:\n  certificates:\n\n    - cert: b.pem\n      default: true\n", 4,
+         "tls.certificates: item lacks 'key'"},
+        {"tls:\n  certificates:\n    - cert: a.pem\n      key: \"\"\n", 4,
+         "tls.certificates.key: path is empty"},
+        {"tls:\n  certificates:\n    - {cert: '', key: a.key}\n", 3,
+         "tls.certificates.cert: path is empty"},
+        {"tls:\n  certificates:\n    - cert:\n      key: a.key\n", 3,
+         "tls.certificates.cert: missing path"},
+        {"tls:\n  certificates:\n    - {cert: [a.pem], key: a.key}\n", 3,
+         "tls.certificates.cert: expected a single value, got a list"},
+        {"tls:\n  certificates:\n    - {cert: \"a\\0.pem\", key: a.key}\n", 3,
+         "tls.certificates.cert: value contains a NUL byte"},
+        {"tls:\n  certificates:\n    - cert: a.pem\n      key: a.key\n      chain: x.pem\n", 5,
+         "unknown key 'tls.certificates.chain' (expected cert, key, default)"},
+        {"tls:\n  certificates:\n    - cert: a.pem\n      key: a.key\n      cert: b.pem\n", 5,
+         "tls.certificates: duplicate key 'cert' (first at line 3)"},
+        {"tls:\n  certificates:\n    - cert: a.pem\n      key: a.key\n      default: maybe\n", 5,
+         "tls.certificates.default: expected true or false, got 'maybe'"},
+        {"tls:\n  certificates:\n"
+         "    - {cert: a.pem, key: a.key, default: true}\n"
+         "    - {cert: b.pem, key: b.key, default: false}\n"
+         "    - cert: c.pem\n"
+         "      key: c.key\n"
+         "      default: yes\n",
+         7, "tls.certificates: only one certificate may be the default (first at line 3)"},
+        {"tls:\n  redirect_http: 1\n", 2, "tls.redirect_http: expected true or false, got '1'"},
+        {"tls:\n  redirect_http:\n", 2, "tls.redirect_http: missing value"},
+        {"tls:\n  handshake_timeout: soon\n", 2, "tls.handshake_timeout: bad duration 'soon'"},
+        {"tls:\n  handshake_timeout: 0\n", 2,
+         "tls.handshake_timeout: '0' is out of range 1ms..24h"},
+        {"tls:\n  handshake_timeout: 25h\n", 2, "out of range 1ms..24h"},
+        {"tls:\n  ticket_key_rotation: 999ms\n", 2,
+         "tls.ticket_key_rotation: '999ms' is out of range 1s..168h"},
+        {"tls:\n  ticket_key_rotation: 169h\n", 2, "out of range 1s..168h"},
+        {"tls:\n  ticket_key_rotation: 1d\n", 2, "tls.ticket_key_rotation: bad duration '1d'"},
+        {"tls:\n  expiry_warning: 87601h\n", 2,
+         "tls.expiry_warning: '87601h' is out of range 0s..87600h"},
+        {"tls:\n  expiry_warning: -1h\n", 2, "tls.expiry_warning: bad duration '-1h'"},
+        {"tls:\n  redirect_http: true\n  redirect_http: false\n", 3,
+         "duplicate key 'redirect_http' (first at line 2)"},
         /* YAML itself */
         {"listen: [\"127.0.0.1:80\"\ndomains: [a]\n", 2, "YAML syntax error"},
         {"workers: 1\n  log_level: info\n", 2, "YAML syntax error"},
@@ -614,6 +698,22 @@ static void test_file_errors(void **state)
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
         parse_err(cases[i].yaml, cases[i].line, cases[i].needle);
+}
+
+/* Checks each line of err against want[] (prefixes), and the count. */
+static void assert_error_lines(const char *err, const char *const *want, size_t n)
+{
+    const char *p = err;
+    for (size_t i = 0; i < n; i++) {
+        if (strncmp(p, want[i], strlen(want[i])) != 0)
+            fail_msg("line %zu: wanted '%s...' in:\n%s", i, want[i], err);
+        const char *nl = strchr(p, '\n');
+        if (i + 1 < n)
+            assert_non_null(nl);
+        else if (nl)
+            fail_msg("more than %zu lines in:\n%s", n, err);
+        p = nl ? nl + 1 : p;
+    }
 }
 
 static void test_file_several_errors(void **state)
@@ -707,7 +807,11 @@ static const char file_yaml[] = "listen:\n"
                                 "  keep: 10.0.0.1\n"
                                 "  swap: {address: 10.0.0.2, mask: \"old:${PORT}\"}\n"
                                 "timeouts:\n"
-                                "  request_head: 7s\n";
+                                "  request_head: 7s\n"
+                                "tls:\n"
+                                "  certificates:\n"
+                                "    - {cert: f1.pem, key: keys/f1.key}\n"
+                                "    - {cert: /abs/f2.pem, key: f2.key, default: true}\n";
 
 static void test_cli_config_file(void **state)
 {
@@ -724,6 +828,14 @@ static void test_cli_config_file(void **state)
     assert_int_equal(c->n_sandboxes, 2);
     assert_int_equal(c->timeouts.request_head_ms, 7000);
     assert_int_equal(c->timeouts.keepalive_idle_ms, 75000); /* untouched default */
+    /* Relative certificate paths are resolved against the file's directory. */
+    assert_int_equal(c->tls.n_certs, 2);
+    assert_string_equal(c->tls.certs[0].chain, "/tmp/f1.pem");
+    assert_string_equal(c->tls.certs[0].key, "/tmp/keys/f1.key");
+    assert_int_equal(c->tls.certs[0].is_default, 0);
+    assert_string_equal(c->tls.certs[1].chain, "/abs/f2.pem");
+    assert_string_equal(c->tls.certs[1].key, "/tmp/f2.key");
+    assert_int_equal(c->tls.certs[1].is_default, 1);
     sg_config_unref(c);
 
     /* --config=FILE form. */
@@ -867,7 +979,7 @@ static void test_cli_sandbox_flag(void **state)
 static void test_cli_bad_flags(void **state)
 {
     static const struct {
-        const char *args[4];
+        const char *args[6];
         const char *error; /* whole message */
     } cases[] = {
         {{"--bogus"}, "sandgate: unknown flag '--bogus' (see --help)"},
@@ -888,8 +1000,24 @@ static void test_cli_bad_flags(void **state)
          "sandgate: --listen-tls: expected [IPv6]:PORT, e.g. [::1]:8080, got '[::1]'"},
         {{"--domain", "bad_domain"},
          "sandgate: --domain: domain 'bad_domain' may only contain letters, digits, '-' and '.'"},
-        {{"--listen", "127.0.0.1:1", "--listen-tls", "127.0.0.1:1"},
+        {{"--listen", "127.0.0.1:1", "--listen-tls", "127.0.0.1:1", "--tls-cert", "c.pem,k.pem"},
          "sandgate: duplicate listen address '127.0.0.1:1'"},
+        {{"--listen-tls", "127.0.0.1:8443"},
+         "sandgate: TLS listener 127.0.0.1:8443 needs tls.certificates"},
+        {{"--redirect-http=yes"}, "sandgate: --redirect-http takes no value"},
+        {{"--tls-cert"}, "sandgate: --tls-cert needs a value"},
+        {{"--tls-cert", "a.pem"},
+         "sandgate: --tls-cert: expected CHAIN,KEY (two PEM file paths), got 'a.pem'"},
+        {{"--tls-cert", ",a.key"},
+         "sandgate: --tls-cert: CHAIN path is empty in ',a.key' (expected CHAIN,KEY)"},
+        {{"--tls-cert", "a.pem,"},
+         "sandgate: --tls-cert: KEY path is empty in 'a.pem,' (expected CHAIN,KEY)"},
+        {{"--tls-cert="}, "sandgate: --tls-cert: expected CHAIN,KEY (two PEM file paths), got ''"},
+        {{"--tls-cert", ","},
+         "sandgate: --tls-cert: CHAIN path is empty in ',' (expected CHAIN,KEY)"},
+        {{"--tls-cert", "a,b,c"},
+         "sandgate: --tls-cert: expected exactly one ',' between CHAIN and KEY, got 'a,b,c' "
+         "(paths with ',' go in the file's tls.certificates)"},
         {{"--domain", "a.b", "--domain", "A.B."}, "sandgate: duplicate domain 'a.b'"},
         {{"--sandbox", "a=10.0.0.1", "--sandbox", "a=10.0.0.2"},
          "sandgate: --sandbox: 'a' given more than once"},
@@ -902,7 +1030,8 @@ static void test_cli_bad_flags(void **state)
         sg_config_actions_t a;
         char err[1024];
         const char *const *v = cases[i].args;
-        int rc = load(&c, &a, err, sizeof(err), v[0], v[1], v[2], v[3], (const char *)NULL);
+        int rc =
+            load(&c, &a, err, sizeof(err), v[0], v[1], v[2], v[3], v[4], v[5], (const char *)NULL);
         if (rc != -1) fail_msg("case %zu (%s) should fail", i, v[0]);
         assert_null(c);
         if (strcmp(err, cases[i].error) != 0)
@@ -967,9 +1096,229 @@ static void test_usage_lists_every_flag(void **state)
     const char *flags[] = {"--config FILE", "--listen ADDR:PORT",       "--listen-tls ADDR:PORT",
                            "--domain",      "--sandbox ID=ADDR[,mask=", "--workers N",
                            "--log-level",   "--check-config",           "--version",
-                           "--help"};
+                           "--help",        "--tls-cert CHAIN,KEY",     "--redirect-http"};
     for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++)
         if (!strstr(sg_config_usage, flags[i])) fail_msg("usage lacks %s", flags[i]);
+}
+
+/* ---- tls ------------------------------------------------------------------- */
+
+static char *cwd_join(const char *rel)
+{
+    char cwd[4096], *out;
+    assert_non_null(getcwd(cwd, sizeof(cwd)));
+    size_t n = strlen(cwd) + strlen(rel) + 2;
+    out = malloc(n);
+    assert_non_null(out);
+    snprintf(out, n, "%s%s%s", cwd, strcmp(cwd, "/") == 0 ? "" : "/", rel);
+    return out;
+}
+
+static void test_tls_path_resolution(void **state)
+{
+    static const struct {
+        const char *source;
+        const char *path;
+        const char *want; /* leading '+': relative to the working directory */
+    } cases[] = {
+        {"/etc/sandgate/sandgate.yaml", "certs/a.pem", "/etc/sandgate/certs/a.pem"},
+        {"/etc/sandgate/sandgate.yaml", "./a.pem", "/etc/sandgate/a.pem"},
+        {"/etc/sandgate/sandgate.yaml", "../a.pem", "/etc/sandgate/../a.pem"},
+        {"/etc/sandgate/sandgate.yaml", "/srv/a.pem", "/srv/a.pem"},
+        {"/sandgate.yaml", "a.pem", "/a.pem"},
+        {"conf/sg.yaml", "a.pem", "+conf/a.pem"},
+        {"./sg.yaml", "a.pem", "+a.pem"},
+        {"t.yaml", "a.pem", "+a.pem"},
+        {"t.yaml", "/a.pem", "/a.pem"},
+        {"<embedded>", "x/a.pem", "+x/a.pem"},
+        {"<odd/name>", "a.pem", "+a.pem"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char yaml[256], err[1024] = "";
+        snprintf(yaml, sizeof(yaml), "tls: {certificates: [{cert: \"%s\", key: \"%s\"}]}\n",
+                 cases[i].path, cases[i].path);
+        sg_config_t *c = NULL;
+        if (sg_config_parse_text(yaml, strlen(yaml), cases[i].source, &c, err, sizeof(err)) != 0)
+            fail_msg("case %zu: %s", i, err);
+        char *want = cases[i].want[0] == '+' ? cwd_join(cases[i].want + 1) : strdup(cases[i].want);
+        assert_int_equal(c->tls.n_certs, 1);
+        if (strcmp(c->tls.certs[0].chain, want) != 0)
+            fail_msg("case %zu: %s + %s: wanted %s, got %s", i, cases[i].source, cases[i].path,
+                     want, c->tls.certs[0].chain);
+        assert_string_equal(c->tls.certs[0].key, want);
+        free(want);
+        sg_config_unref(c);
+    }
+    /* Paths are absolute in the snapshot, so a dump read back under another
+     * name yields the same files. */
+    const char *yaml = "tls: {certificates: [{cert: a.pem, key: k/a.key}]}\n";
+    sg_config_t *a = NULL, *b = NULL;
+    char err[1024];
+    assert_int_equal(sg_config_parse_text(yaml, strlen(yaml), "conf/sg.yaml", &a, err, sizeof(err)),
+                     0);
+    char *text = sg_config_dump(a);
+    assert_int_equal(
+        sg_config_parse_text(text, strlen(text), "/elsewhere/x.yaml", &b, err, sizeof(err)), 0);
+    assert_string_equal(a->tls.certs[0].chain, b->tls.certs[0].chain);
+    assert_string_equal(a->tls.certs[0].key, b->tls.certs[0].key);
+    free(text);
+    sg_config_unref(a);
+    sg_config_unref(b);
+}
+
+static void test_tls_default_certificate(void **state)
+{
+    /* None marked: the first becomes the default. */
+    sg_config_t *c = parse_ok("tls:\n  certificates:\n    - {cert: /a.pem, key: /a.key}\n"
+                              "    - {cert: /b.pem, key: /b.key, default: false}\n");
+    assert_int_equal(c->tls.n_certs, 2);
+    assert_int_equal(c->tls.certs[0].is_default, 1);
+    assert_int_equal(c->tls.certs[1].is_default, 0);
+    sg_config_unref(c);
+    /* One marked: only that one. */
+    c = parse_ok("tls:\n  certificates:\n    - {cert: /a.pem, key: /a.key, default: off}\n"
+                 "    - {cert: /b.pem, key: /b.key, default: TRUE}\n");
+    assert_int_equal(c->tls.certs[0].is_default, 0);
+    assert_int_equal(c->tls.certs[1].is_default, 1);
+    sg_config_unref(c);
+}
+
+static void test_tls_listener_needs_certificates(void **state)
+{
+    char err[1024];
+    sg_config_t *c = (sg_config_t *)1;
+    const char *yaml = "listen:\n  - 127.0.0.1:80\n  - {address: \"[::]:443\", tls: true}\n"
+                       "  - {address: \"[::]:8443\", tls: true}\n";
+    assert_int_equal(sg_config_parse_text(yaml, strlen(yaml), "t.yaml", &c, err, sizeof(err)), -1);
+    assert_null(c);
+    assert_string_equal(err, "t.yaml: TLS listener [::]:443 needs tls.certificates");
+    /* An empty list is no better. */
+    yaml = "listen: [{address: \"[::]:443\", tls: true}]\ntls: {certificates: []}\n";
+    assert_int_equal(sg_config_parse_text(yaml, strlen(yaml), "t.yaml", &c, err, sizeof(err)), -1);
+    assert_string_equal(err, "t.yaml: TLS listener [::]:443 needs tls.certificates");
+    /* Reported with the other whole-snapshot problems. */
+    assert_int_equal(LOAD(&c, err, "--listen-tls", "127.0.0.1:1", "--listen-tls", "127.0.0.1:1"),
+                     -1);
+    assert_null(c);
+    assert_string_equal(err, "sandgate: duplicate listen address '127.0.0.1:1'\n"
+                             "sandgate: TLS listener 127.0.0.1:1 needs tls.certificates");
+    /* Certificates without a TLS listener are fine (they wait for one). */
+    c = parse_ok("tls: {certificates: [{cert: a.pem, key: a.key}], redirect_http: yes}\n");
+    assert_int_equal(c->tls.n_certs, 1);
+    assert_int_equal(c->tls.redirect_http, 1);
+    sg_config_unref(c);
+    /* A file-level mistake and a missing certificate: only the file error
+     * (finish runs on a valid file only). */
+    yaml = "listen: [{address: \"[::]:443\", tls: true}]\n"
+           "tls:\n  certificates:\n    - {cert: a.pem}\n";
+    assert_int_equal(sg_config_parse_text(yaml, strlen(yaml), "t.yaml", &c, err, sizeof(err)), -1);
+    assert_string_equal(err, "t.yaml:4: tls.certificates: item lacks 'key'");
+}
+
+static void test_tls_several_errors(void **state)
+{
+    /* Every problem in one item is reported, and a bad item does not stop
+     * the ones after it; the valid items parsed before are freed (LSan). */
+    const char *yaml = "tls:\n"
+                       "  certificates:\n"
+                       "    - {cert: ok.pem, key: ok.key}\n"              /* 3 */
+                       "    - {default: true}\n"                          /* 4: lacks cert, key */
+                       "    - {cert: \"\", key: b.key, x: 1}\n"           /* 5: empty, unknown */
+                       "    - {cert: c.pem, key: c.key, default: true}\n" /* 6 */
+                       "  handshake_timeout: 0\n"                         /* 7 */
+                       "  redirect_http: maybe\n";                        /* 8 */
+    char err[4096];
+    sg_config_t *c = (sg_config_t *)1;
+    assert_int_equal(sg_config_parse_text(yaml, strlen(yaml), "f.yaml", &c, err, sizeof(err)), -1);
+    assert_null(c);
+    const char *want[] = {
+        "f.yaml:4: tls.certificates: item lacks 'cert'",
+        "f.yaml:4: tls.certificates: item lacks 'key'",
+        "f.yaml:5: tls.certificates.cert: path is empty",
+        "f.yaml:5: unknown key 'tls.certificates.x'",
+        "f.yaml:6: tls.certificates: only one certificate may be the default (first at line 4)",
+        "f.yaml:7: tls.handshake_timeout: '0' is out of range",
+        "f.yaml:8: tls.redirect_http: expected true or false, got 'maybe'",
+    };
+    assert_error_lines(err, want, sizeof(want) / sizeof(want[0]));
+}
+
+static void test_cli_tls(void **state)
+{
+    sg_config_t *c = NULL;
+    char err[1024];
+    char *abs_a = cwd_join("a.pem"), *abs_ak = cwd_join("keys/a.key");
+    /* Over the embedded default: a TLS listener with a flag certificate. */
+    int rc = LOAD(&c, err, "--listen-tls", "127.0.0.1:8443", "--tls-cert", "a.pem,keys/a.key",
+                  "--tls-cert=/b/chain.pem,/b/key.pem", "--redirect-http");
+    if (rc != 0) fail_msg("%s", err);
+    assert_int_equal(c->tls.n_certs, 2);
+    assert_string_equal(c->tls.certs[0].chain, abs_a);
+    assert_string_equal(c->tls.certs[0].key, abs_ak);
+    assert_int_equal(c->tls.certs[0].is_default, 1);
+    assert_string_equal(c->tls.certs[1].chain, "/b/chain.pem");
+    assert_string_equal(c->tls.certs[1].key, "/b/key.pem");
+    assert_int_equal(c->tls.certs[1].is_default, 0);
+    assert_int_equal(c->tls.redirect_http, 1);
+    sg_config_unref(c);
+
+    /* Over a file: the first --tls-cert replaces the file's list (whose
+     * second entry was the default); later ones add to it. */
+    char *path = temp_file(file_yaml);
+    assert_int_equal(LOAD(&c, err, "--config", path, "--tls-cert", "/x.pem,/x.key"), 0);
+    assert_int_equal(c->tls.n_certs, 1);
+    assert_string_equal(c->tls.certs[0].chain, "/x.pem");
+    assert_int_equal(c->tls.certs[0].is_default, 1);
+    assert_int_equal(c->tls.redirect_http, 0);
+    sg_config_unref(c);
+    assert_int_equal(LOAD(&c, err, "--config", path, "--tls-cert", "/x.pem,/x.key", "--tls-cert",
+                          "/y.pem,/y.key"),
+                     0);
+    assert_int_equal(c->tls.n_certs, 2);
+    assert_int_equal(c->tls.certs[0].is_default, 1);
+    assert_string_equal(c->tls.certs[1].key, "/y.key");
+    assert_int_equal(c->tls.certs[1].is_default, 0);
+    sg_config_unref(c);
+    /* Without the flag the file's list and default stay. */
+    assert_int_equal(LOAD(&c, err, "--config", path, "--listen-tls", "127.0.0.1:8443"), 0);
+    assert_int_equal(c->tls.n_certs, 2);
+    assert_int_equal(c->tls.certs[0].is_default, 0);
+    assert_int_equal(c->tls.certs[1].is_default, 1);
+    sg_config_unref(c);
+    /* A bad --tls-cert after good ones: everything built so far is freed. */
+    assert_int_equal(
+        LOAD(&c, err, "--config", path, "--tls-cert", "/x.pem,/x.key", "--tls-cert", "/y.pem"), -1);
+    assert_null(c);
+    assert_string_equal(
+        err, "sandgate: --tls-cert: expected CHAIN,KEY (two PEM file paths), got '/y.pem'");
+    drop_file(path);
+    free(abs_a);
+    free(abs_ak);
+}
+
+static void test_tls_restart_key(void **state)
+{
+    const char *base = "listen: [{address: \"127.0.0.1:8443\", tls: true}]\n"
+                       "tls:\n  certificates: [{cert: /a.pem, key: /a.key}]\n";
+    char yaml[512];
+    sg_config_t *a = parse_ok(base);
+    /* Certificates, timeouts, warnings and redirects change on reload. */
+    snprintf(yaml, sizeof(yaml), "%s%s", base,
+             "  handshake_timeout: 3s\n  expiry_warning: 1h\n  redirect_http: true\n");
+    sg_config_t *b = parse_ok(yaml);
+    assert_null(sg_config_restart_key(a, b));
+    sg_config_unref(b);
+    b = parse_ok("listen: [{address: \"127.0.0.1:8443\", tls: true}]\n"
+                 "tls:\n  certificates: [{cert: /b.pem, key: /b.key}, {cert: /c.pem, key: /c.key,"
+                 " default: true}]\n");
+    assert_null(sg_config_restart_key(a, b));
+    sg_config_unref(b);
+    /* main re-arms the ticket timer on reload, so the period may change. */
+    snprintf(yaml, sizeof(yaml), "%s%s", base, "  ticket_key_rotation: 2h\n");
+    b = parse_ok(yaml);
+    assert_null(sg_config_restart_key(a, b));
+    sg_config_unref(b);
+    sg_config_unref(a);
 }
 
 /* ---- dump, reload, refcount ------------------------------------------------ */
@@ -986,12 +1335,26 @@ static void test_dump_round_trip(void **state)
                  "  two: {address: \"fd00::2\", mask: \"h-${PORT}.svc:8080\"}\n"
                  "timeouts: {request_head: 1500ms, stream_idle: 2h, upstream_idle: 61s,"
                  " upstream_retry_window: 0}\n"
-                 "limits: {max_header_size: 3000, upstream_pool_idle_per_key: 4}\n");
+                 "limits: {max_header_size: 3000, upstream_pool_idle_per_key: 4}\n"
+                 "tls:\n"
+                 "  certificates:\n"
+                 "    - {cert: /c/a.pem, key: /c/a.key}\n"
+                 "    - {cert: \"/c/b \\\"q\\\".pem\", key: rel/b.key, default: true}\n"
+                 "  handshake_timeout: 1500ms\n"
+                 "  ticket_key_rotation: 90m\n"
+                 "  expiry_warning: 2160h\n"
+                 "  redirect_http: on\n");
     char *text = sg_config_dump(a);
     assert_non_null(strstr(text, "request_head: 1500ms\n"));
     assert_non_null(strstr(text, "stream_idle: 2h\n"));
     assert_non_null(strstr(text, "max_header_size: 3000\n"));
     assert_non_null(strstr(text, "mask: \"h-${PORT}.svc:8080\""));
+    assert_non_null(strstr(text, "\ntls:\n  certificates:\n"
+                                 "    - {cert: \"/c/a.pem\", key: \"/c/a.key\", default: false}\n"
+                                 "    - {cert: \"/c/b \\\"q\\\".pem\", key: \""));
+    assert_non_null(strstr(text, "/rel/b.key\", default: true}\n"));
+    assert_non_null(strstr(text, "  handshake_timeout: 1500ms\n  ticket_key_rotation: 90m\n"
+                                 "  expiry_warning: 2160h\n  redirect_http: true\n"));
     sg_config_t *b = parse_ok(text);
     char *again = sg_config_dump(b);
     /* Same text apart from the source named in the first line. */
@@ -999,6 +1362,15 @@ static void test_dump_round_trip(void **state)
     assert_int_equal(b->workers, 3);
     assert_int_equal(b->listens[1].tls, 1);
     assert_int_equal(b->timeouts.upstream_idle_ms, 61000);
+    assert_int_equal(b->tls.n_certs, 2);
+    assert_string_equal(b->tls.certs[1].chain, "/c/b \"q\".pem");
+    assert_string_equal(b->tls.certs[1].key, a->tls.certs[1].key);
+    assert_int_equal(b->tls.certs[0].is_default, 0);
+    assert_int_equal(b->tls.certs[1].is_default, 1);
+    assert_int_equal(b->tls.handshake_timeout_ms, 1500);
+    assert_int_equal(b->tls.ticket_key_rotation_ms, 90 * 60000);
+    assert_int_equal(b->tls.expiry_warning_ms, 2160ull * 3600000);
+    assert_int_equal(b->tls.redirect_http, 1);
     assert_null(sg_config_restart_key(a, b));
     free(text);
     free(again);
@@ -1009,6 +1381,8 @@ static void test_dump_round_trip(void **state)
     a = parse_ok("sandboxes: {}\n");
     text = sg_config_dump(a);
     assert_non_null(strstr(text, "sandboxes: {}\n"));
+    assert_non_null(strstr(text, "tls:\n  certificates: []\n"));
+    assert_non_null(strstr(text, "  redirect_http: false\n"));
     b = parse_ok(text);
     check_defaults(b);
     free(text);
@@ -1029,7 +1403,8 @@ static void test_restart_key(void **state)
     b = parse_ok("workers: 2\nlisten: [\"127.0.0.1:8081\"]\n");
     assert_string_equal(sg_config_restart_key(a, b), "listen");
     sg_config_unref(b);
-    b = parse_ok("workers: 2\nlisten: [{address: \"127.0.0.1:8080\", tls: true}]\n");
+    b = parse_ok("workers: 2\nlisten: [{address: \"127.0.0.1:8080\", tls: true}]\n"
+                 "tls: {certificates: [{cert: a.pem, key: a.key}]}\n");
     assert_string_equal(sg_config_restart_key(a, b), "listen");
     sg_config_unref(b);
     sg_config_unref(a);
@@ -1068,9 +1443,10 @@ static void test_example_file_and_keys_doc(void **state)
         snprintf(pat, sizeof(pat), "%s:", leaf);
         if (!strstr(example, pat)) fail_msg("example lacks %s", pat);
     }
-    const char *flags[] = {"`--config",  "`--listen ", "`--listen-tls", "`--domain",
-                           "`--sandbox", "`--workers", "`--log-level",  "`--check-config",
-                           "`--version", "`--help"};
+    const char *flags[] = {"`--config",         "`--listen ", "`--listen-tls", "`--domain",
+                           "`--sandbox",        "`--workers", "`--log-level",  "`--check-config",
+                           "`--version",        "`--help",    "`--tls-cert",   "`--redirect-http",
+                           "`tls.certificates`"};
     for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++)
         if (!strstr(keys, flags[i])) fail_msg("KEYS.md lacks %s", flags[i]);
     free(example);
@@ -1100,6 +1476,12 @@ int main(void)
         cmocka_unit_test(test_cli_file_errors_have_lines),
         cmocka_unit_test(test_cli_actions),
         cmocka_unit_test(test_usage_lists_every_flag),
+        cmocka_unit_test(test_tls_path_resolution),
+        cmocka_unit_test(test_tls_default_certificate),
+        cmocka_unit_test(test_tls_listener_needs_certificates),
+        cmocka_unit_test(test_tls_several_errors),
+        cmocka_unit_test(test_cli_tls),
+        cmocka_unit_test(test_tls_restart_key),
         cmocka_unit_test(test_dump_round_trip),
         cmocka_unit_test(test_restart_key),
         cmocka_unit_test(test_refcount),
