@@ -18,13 +18,20 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+CERT=$("$ROOT/certs/make-dev-certs.sh" sandbox.localhost "$ROOT/certs/dev")
+KEY=${CERT%.pem}.key
+
 cat <<MSG
 
-sandgate is starting on its embedded default config (listen 127.0.0.1:8080,
-domain sandbox.localhost, sandbox "demo" at 127.0.0.1). Try:
+sandgate is starting on its embedded default config (domain sandbox.localhost,
+sandbox "demo" at 127.0.0.1) with plain HTTP on 127.0.0.1:8080 and HTTPS on
+127.0.0.1:8443 (development certificate from certs/dev/). Try:
 
     curl http://3000-demo.sandbox.localhost:8080/
-    curl --resolve 3000-demo.sandbox.localhost:8080:127.0.0.1 http://3000-demo.sandbox.localhost:8080/
+    curl --cacert $ROOT/certs/dev/ca.pem https://3000-demo.sandbox.localhost:8443/
+
+If your resolver does not map *.localhost to 127.0.0.1, add
+    --resolve 3000-demo.sandbox.localhost:8443:127.0.0.1
 
 Unknown sandbox and closed port, for the error pages:
 
@@ -34,4 +41,4 @@ Unknown sandbox and closed port, for the error pages:
 Ctrl-C stops sandgate and the demo service.
 
 MSG
-"$ROOT/$BIN" || true
+"$ROOT/$BIN" --listen 127.0.0.1:8080 --listen-tls 127.0.0.1:8443 --tls-cert "$CERT,$KEY" || true

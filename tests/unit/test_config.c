@@ -1430,7 +1430,7 @@ static void test_refcount(void **state)
 static void test_example_file_and_keys_doc(void **state)
 {
     char *example = slurp_repo("config/sandgate.example.yaml");
-    char *keys = slurp_repo("config/KEYS.md");
+    char *keys = slurp_repo("README.md");
     sg_config_t *c = parse_ok(example);
     assert_true(c->n_sandboxes >= 1);
     sg_config_unref(c);
@@ -1439,7 +1439,7 @@ static void test_example_file_and_keys_doc(void **state)
         const char *leaf = strchr(name, '.') ? strchr(name, '.') + 1 : name;
         char pat[128];
         snprintf(pat, sizeof(pat), "`%s`", name);
-        if (!strstr(keys, pat)) fail_msg("KEYS.md lacks %s", pat);
+        if (!strstr(keys, pat)) fail_msg("README.md lacks %s", pat);
         snprintf(pat, sizeof(pat), "%s:", leaf);
         if (!strstr(example, pat)) fail_msg("example lacks %s", pat);
     }
@@ -1448,7 +1448,7 @@ static void test_example_file_and_keys_doc(void **state)
                            "`--version",        "`--help",    "`--tls-cert",   "`--redirect-http",
                            "`tls.certificates`"};
     for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++)
-        if (!strstr(keys, flags[i])) fail_msg("KEYS.md lacks %s", flags[i]);
+        if (!strstr(keys, flags[i])) fail_msg("README.md lacks %s", flags[i]);
     free(example);
     free(keys);
 }
