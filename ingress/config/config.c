@@ -1,7 +1,7 @@
-/* The settings table, value types, snapshot lifecycle, final validation, dump
- * and reload comparison. The file layer lives in config_yaml.c, the flag
- * layer in config_cli.c; both go through the table and the value parsers
- * here so a setting means the same thing wherever it is written. */
+/* The settings table and value types. The file layer lives in config_yaml.c,
+ * the flag layer in config_cli.c; both go through the table and the value
+ * parsers here so a setting means the same thing wherever it is written.
+ * Snapshot lifecycle, final validation, dump and reload are in config_ops.c. */
 #include "config/config_internal.h"
 #include "core/log.h"
 #include "route/mask.h"
@@ -35,6 +35,16 @@ const sg_config__key_t sg_config__keys[] = {
      "worker threads, 0 = one per CPU"},
     {"log_level", SG_CONF_T_LOG_LEVEL, SG_FIELD(log_level), "info", 0, 0, 0,
      "minimum level written to the error log"},
+    {"log_format", SG_CONF_T_LOG_FORMAT, SG_FIELD(log_json), "text", 0, 0, 0,
+     "error log lines as text or json"},
+    {"access_log", SG_CONF_T_ACCESS_LOG, SG_FIELD(access_log), "stdout", 0, 0, 0,
+     "where request lines go: stdout, off or a file"},
+    {"drain_timeout", SG_CONF_T_DURATION, SG_FIELD(drain_timeout_ms), "30s", 0, SG_MS_PER_H, 0,
+     "on SIGTERM, open streams get this long to finish"},
+    {"token_header", SG_CONF_T_HEADER, SG_FIELD(token_header), "X-Traffic-Access-Token", 0, 0, 0,
+     "request header carrying a sandbox's access token"},
+    {"lookup_order", SG_CONF_T_SOURCES, 0, 0, "static,admin,dns", 0, 0, 0,
+     "sandbox lookup sources in the order they are asked"},
     {"sandboxes", SG_CONF_T_SANDBOXES, 0, 0, NULL, 0, 0, 0, "static sandboxes: id -> address"},
     {"timeouts.request_head", SG_CONF_T_DURATION, SG_FIELD(timeouts.request_head_ms), "30s", 1,
      SG_MAX_TIMEOUT_MS, 0, "whole request head must arrive within (408)"},
@@ -66,8 +76,29 @@ const sg_config__key_t sg_config__keys[] = {
      3650 * SG_MS_PER_D, 0, "warn when a certificate expires within"},
     {"tls.redirect_http", SG_CONF_T_BOOL, SG_FIELD(tls.redirect_http), "false", 0, 1, 0,
      "plain listeners answer 308 to https:// instead of proxying"},
+    {"admin.listen", SG_CONF_T_ADMIN_LISTENS, 0, 0, NULL, 0, 0, SG_CONF_RESTART,
+     "admin API addresses; none = admin API off"},
+    {"admin.token", SG_CONF_T_SECRET, SG_FIELD(admin.token), NULL, 0, 0, 0,
+     "bearer token the admin API requires; needed unless every admin listener is loopback"},
+    {"admin.store", SG_CONF_T_PATH, SG_FIELD(admin.store_path), NULL, 0, 0, SG_CONF_RESTART,
+     "write-ahead log of the admin sandbox table; none = memory only"},
+    {"dns.zone", SG_CONF_T_DNS_NAME, SG_FIELD(dns.zone), NULL, 0, 0, 0,
+     "sandbox ids resolve as <id>.<zone>; none = DNS source off"},
+    {"dns.servers", SG_CONF_T_SERVERS, 0, 0, NULL, 0, 0, 0,
+     "DNS servers to ask: IP, IP:PORT or [IPv6]:PORT (port 53)"},
+    {"dns.timeout", SG_CONF_T_DURATION, SG_FIELD(dns.timeout_ms), "1s", 1, 60 * SG_MS_PER_S, 0,
+     "one query attempt"},
+    {"dns.tries", SG_CONF_T_UINT, SG_FIELD(dns.tries), "2", 1, 10, 0, "attempts per server"},
+    {"dns.ttl_min", SG_CONF_T_DURATION, SG_FIELD(dns.ttl_min_ms), "5s", 0, SG_MS_PER_D, 0,
+     "answers are cached at least this long"},
+    {"dns.ttl_max", SG_CONF_T_DURATION, SG_FIELD(dns.ttl_max_ms), "5m", SG_MS_PER_S,
+     7 * SG_MS_PER_D, 0, "answers are cached at most this long"},
+    {"dns.negative_ttl", SG_CONF_T_DURATION, SG_FIELD(dns.negative_ttl_ms), "5s", 0, SG_MS_PER_H, 0,
+     "unknown names (NXDOMAIN) are cached this long"},
 };
 const size_t sg_config__n_keys = sizeof(sg_config__keys) / sizeof(sg_config__keys[0]);
+_Static_assert(sizeof(sg_config__keys) / sizeof(sg_config__keys[0]) <= SG_CONFIG__MAX_KEYS,
+               "raise SG_CONFIG__MAX_KEYS");
 
 const char sg_config_embedded_default[] =
     "# sandgate built-in configuration, used when no --config is given.\n"
@@ -90,6 +121,29 @@ const char sg_config_embedded_default[] =
 
 void sg_config__error(sg_config__errs_t *e, const char *source, size_t line, const char *fmt, ...)
 {
+    va_list ap;
+    va_start(ap, fmt);
+    sg_config__verror(e, source, line, fmt, ap);
+    va_end(ap);
+}
+
+void sg_config__error_key(sg_config__errs_t *e, const char *source, const sg_config__marks_t *marks,
+                          const char *key, const char *fmt, ...)
+{
+    const sg_config__key_t *k = sg_config__find_key(key, strlen(key));
+    size_t line = marks && k ? marks->line[k - sg_config__keys] : 0;
+    va_list ap;
+    va_start(ap, fmt);
+    if (line)
+        sg_config__verror(e, marks->file, line, fmt, ap);
+    else
+        sg_config__verror(e, source, 0, fmt, ap);
+    va_end(ap);
+}
+
+void sg_config__verror(sg_config__errs_t *e, const char *source, size_t line, const char *fmt,
+                       va_list ap)
+{
     e->n++;
     if (e->n > SG_CONFIG__MAX_ERRORS) return;
     if (e->buf.len) sg_strbuf_append_cstr(&e->buf, "\n");
@@ -102,10 +156,7 @@ void sg_config__error(sg_config__errs_t *e, const char *source, size_t line, con
     else
         sg_strbuf_appendf(&e->buf, "%s: ", source);
     char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
     sg_strbuf_append_cstr(&e->buf, msg);
 }
 
@@ -173,7 +224,7 @@ static int scan_u64(const char *s, uint64_t *v)
     return n;
 }
 
-static void format_duration(uint64_t ms, char *buf, size_t len)
+void sg_config__format_duration(uint64_t ms, char *buf, size_t len)
 {
     if (ms && ms % SG_MS_PER_H == 0)
         snprintf(buf, len, "%lluh", (unsigned long long)(ms / SG_MS_PER_H));
@@ -185,7 +236,7 @@ static void format_duration(uint64_t ms, char *buf, size_t len)
         snprintf(buf, len, "%llums", (unsigned long long)ms);
 }
 
-static void format_size(uint64_t bytes, char *buf, size_t len)
+void sg_config__format_size(uint64_t bytes, char *buf, size_t len)
 {
     static const char *const units[] = {"GiB", "MiB", "KiB"};
     for (int i = 0; i < 3; i++) {
@@ -284,12 +335,96 @@ static int parse_uint(const char *text, uint64_t *v, char *why, size_t whylen)
     return 0;
 }
 
-int sg_config__set_scalar(sg_config_t *c, const sg_config__key_t *k, const char *text, char *why,
+int sg_config__parse_uint(const char *text, uint64_t min, uint64_t max, uint64_t *v, char *why,
                           size_t whylen)
+{
+    if (parse_uint(text, v, why, whylen)) return -1;
+    if (*v < min || *v > max)
+        return fail(why, whylen, "'%s' is out of range %llu..%llu", text, (unsigned long long)min,
+                    (unsigned long long)max);
+    return 0;
+}
+
+int sg_config__is_string(sg_config__type_t t)
+{
+    return t == SG_CONF_T_SECRET || t == SG_CONF_T_PATH || t == SG_CONF_T_DNS_NAME ||
+           t == SG_CONF_T_HEADER || t == SG_CONF_T_ACCESS_LOG;
+}
+
+/* RFC 9110 tchar: what a header field name is made of. */
+static int is_tchar(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || is_digit(c) ||
+           (c && strchr("!#$%&'*+-.^_`|~", c));
+}
+
+static char *xstrdup(const char *s)
+{
+    char *d = strdup(s);
+    if (!d) abort();
+    return d;
+}
+
+/* The malloc'd value a string row stores for text. */
+static int parse_string(const sg_config__key_t *k, const char *text, const char *base, char **out,
+                        char *why, size_t whylen)
+{
+    if (!*text) return fail(why, whylen, "value is empty");
+    switch (k->type) {
+    case SG_CONF_T_SECRET:
+        /* Never echo the value: it is a credential and errors end up in logs. */
+        for (const char *p = text; *p; p++)
+            if (*p < 0x21 || *p > 0x7e)
+                return fail(why, whylen, "may only contain visible ASCII characters, no spaces");
+        *out = xstrdup(text);
+        return 0;
+    case SG_CONF_T_PATH:
+        *out = sg_config__resolve_path(base, text);
+        return 0;
+    case SG_CONF_T_DNS_NAME:
+        return sg_config__parse_domain(text, out, why, whylen);
+    case SG_CONF_T_HEADER:
+        for (const char *p = text; *p; p++)
+            if (!is_tchar(*p))
+                return fail(why, whylen,
+                            "'%s' is not a header name (letters, digits and !#$%%&'*+-.^_`|~)",
+                            text);
+        *out = xstrdup(text);
+        return 0;
+    case SG_CONF_T_ACCESS_LOG:
+        /* Keywords in any case: "Off" must not quietly become a file. A file
+         * with such a name is still reachable as "./off". */
+        if (strcasecmp(text, "stdout") == 0 || strcasecmp(text, "off") == 0) {
+            *out = xstrdup(strcasecmp(text, "off") == 0 ? "off" : "stdout");
+            return 0;
+        }
+        *out = sg_config__resolve_path(base, text);
+        return 0;
+    default:
+        return fail(why, whylen, "not a text setting");
+    }
+}
+
+void sg_config__unset_string(sg_config_t *c, const sg_config__key_t *k)
+{
+    char **field = (char **)((char *)c + k->offset);
+    free(*field);
+    *field = NULL;
+}
+
+int sg_config__set_scalar(sg_config_t *c, const sg_config__key_t *k, const char *text,
+                          const char *base, char *why, size_t whylen)
 {
     char *field = (char *)c + k->offset;
     uint64_t v = 0;
     char lo[32], hi[32];
+    if (sg_config__is_string(k->type)) {
+        char *s = NULL;
+        if (parse_string(k, text, base, &s, why, whylen) != 0) return -1;
+        free(*(char **)field);
+        *(char **)field = s;
+        return 0;
+    }
     switch (k->type) {
     case SG_CONF_T_LOG_LEVEL: {
         sg_log_level_t level;
@@ -298,6 +433,11 @@ int sg_config__set_scalar(sg_config_t *c, const sg_config__key_t *k, const char 
         *(int *)field = (int)level;
         return 0;
     }
+    case SG_CONF_T_LOG_FORMAT:
+        if (strcmp(text, "text") != 0 && strcmp(text, "json") != 0)
+            return fail(why, whylen, "expected text or json, got '%s'", text);
+        *(int *)field = strcmp(text, "json") == 0;
+        return 0;
     case SG_CONF_T_BOOL:
         if (sg_config__parse_bool(text, (int *)field) != 0)
             return fail(why, whylen, "expected true or false, got '%s'", text);
@@ -309,13 +449,13 @@ int sg_config__set_scalar(sg_config_t *c, const sg_config__key_t *k, const char 
         break;
     case SG_CONF_T_DURATION:
         if (sg_config__parse_duration(text, &v, why, whylen)) return -1;
-        format_duration(k->min, lo, sizeof(lo));
-        format_duration(k->max, hi, sizeof(hi));
+        sg_config__format_duration(k->min, lo, sizeof(lo));
+        sg_config__format_duration(k->max, hi, sizeof(hi));
         break;
     case SG_CONF_T_SIZE:
         if (sg_config__parse_size(text, &v, why, whylen)) return -1;
-        format_size(k->min, lo, sizeof(lo));
-        format_size(k->max, hi, sizeof(hi));
+        sg_config__format_size(k->min, lo, sizeof(lo));
+        sg_config__format_size(k->max, hi, sizeof(hi));
         break;
     default:
         return fail(why, whylen, "not a single-value setting");
@@ -472,356 +612,4 @@ int sg_config__check_mask(const char *text, char *why, size_t whylen)
     const char *reason = sg_mask_validate(sg_slice_cstr(text));
     if (reason) return fail(why, whylen, "%s", reason);
     return 0;
-}
-
-/* ---- snapshot ------------------------------------------------------------- */
-
-static void *xrealloc(void *p, size_t n)
-{
-    p = realloc(p, n);
-    if (!p) abort(); /* like sg_strbuf: no recovery from memory exhaustion */
-    return p;
-}
-
-static char *xstrdup(const char *s)
-{
-    char *d = strdup(s);
-    if (!d) abort();
-    return d;
-}
-
-sg_config_t *sg_config__new(const char *source)
-{
-    sg_config_t *c = calloc(1, sizeof(*c));
-    if (!c) abort();
-    atomic_init(&c->refs, 1);
-    c->source = xstrdup(source);
-    char why[256];
-    for (size_t i = 0; i < sg_config__n_keys; i++) {
-        const sg_config__key_t *k = &sg_config__keys[i];
-        if (!k->def) continue;
-        int rc;
-        if (k->type == SG_CONF_T_LISTENS) {
-            sg_listen_conf_t l;
-            rc = sg_config__parse_listen(k->def, 0, &l, why, sizeof(why));
-            if (rc == 0) sg_config__add_listen(c, &l);
-        } else if (k->type == SG_CONF_T_DOMAINS) {
-            char *d;
-            rc = sg_config__parse_domain(k->def, &d, why, sizeof(why));
-            if (rc == 0) sg_config__add_domain(c, d);
-        } else {
-            rc = sg_config__set_scalar(c, k, k->def, why, sizeof(why));
-        }
-        if (rc) abort(); /* a default that fails its own parser is a table bug */
-    }
-    return c;
-}
-
-void sg_config__clear_listens(sg_config_t *c)
-{
-    free(c->listens);
-    c->listens = NULL;
-    c->n_listens = 0;
-}
-
-void sg_config__clear_domains(sg_config_t *c)
-{
-    for (size_t i = 0; i < c->n_domains; i++) free(c->domains[i]);
-    free(c->domains);
-    c->domains = NULL;
-    c->n_domains = 0;
-}
-
-void sg_config__clear_sandboxes(sg_config_t *c)
-{
-    for (size_t i = 0; i < c->n_sandboxes; i++) free(c->sandboxes[i].mask);
-    free(c->sandboxes);
-    c->sandboxes = NULL;
-    c->n_sandboxes = 0;
-}
-
-void sg_config__free(sg_config_t *c)
-{
-    if (!c) return;
-    sg_config__clear_listens(c);
-    sg_config__clear_domains(c);
-    sg_config__clear_sandboxes(c);
-    sg_config__clear_certs(c);
-    free(c->source);
-    free(c);
-}
-
-void sg_config__add_listen(sg_config_t *c, const sg_listen_conf_t *l)
-{
-    c->listens = xrealloc(c->listens, (c->n_listens + 1) * sizeof(*c->listens));
-    c->listens[c->n_listens++] = *l;
-}
-
-void sg_config__add_domain(sg_config_t *c, char *d)
-{
-    c->domains = xrealloc(c->domains, (c->n_domains + 1) * sizeof(*c->domains));
-    c->domains[c->n_domains++] = d;
-}
-
-static int sockaddr_eq(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
-{
-    if (a->ss_family != b->ss_family) return 0;
-    if (a->ss_family == AF_INET) {
-        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
-        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
-    }
-    if (a->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
-        return x->sin6_port == y->sin6_port &&
-               memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
-    }
-    return 0;
-}
-
-long sg_config__find_listen(const sg_config_t *c, const struct sockaddr_storage *addr)
-{
-    for (size_t i = 0; i < c->n_listens; i++)
-        if (sockaddr_eq(&c->listens[i].addr, addr)) return (long)i;
-    return -1;
-}
-
-long sg_config__find_domain(const sg_config_t *c, const char *d)
-{
-    for (size_t i = 0; i < c->n_domains; i++)
-        if (strcmp(c->domains[i], d) == 0) return (long)i;
-    return -1;
-}
-
-long sg_config__find_sandbox(const sg_config_t *c, const char *id)
-{
-    for (size_t i = 0; i < c->n_sandboxes; i++)
-        if (strcmp(c->sandboxes[i].id, id) == 0) return (long)i;
-    return -1;
-}
-
-void sg_config__put_sandbox(sg_config_t *c, const sg_sandbox_conf_t *sb)
-{
-    long i = sg_config__find_sandbox(c, sb->id);
-    if (i >= 0) {
-        free(c->sandboxes[i].mask);
-        c->sandboxes[i] = *sb;
-        return;
-    }
-    c->sandboxes = xrealloc(c->sandboxes, (c->n_sandboxes + 1) * sizeof(*c->sandboxes));
-    c->sandboxes[c->n_sandboxes++] = *sb;
-}
-
-static unsigned cpu_count(void)
-{
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    if (n < 1) return 1;
-    if (n > SG_MAX_WORKERS) return SG_MAX_WORKERS;
-    return (unsigned)n;
-}
-
-int sg_config__finish(sg_config_t *c, const char *source, sg_config__errs_t *errs)
-{
-    unsigned before = errs->n;
-    if (c->n_listens == 0) sg_config__error(errs, source, 0, "no listen address configured");
-    if (c->n_domains == 0) sg_config__error(errs, source, 0, "no domain configured");
-    for (size_t i = 1; i < c->n_listens; i++) {
-        for (size_t j = 0; j < i; j++) {
-            if (sockaddr_eq(&c->listens[i].addr, &c->listens[j].addr)) {
-                sg_config__error(errs, source, 0, "duplicate listen address '%s'",
-                                 c->listens[i].text);
-                break;
-            }
-        }
-    }
-    for (size_t i = 1; i < c->n_domains; i++) {
-        for (size_t j = 0; j < i; j++) {
-            if (strcmp(c->domains[i], c->domains[j]) == 0) {
-                sg_config__error(errs, source, 0, "duplicate domain '%s'", c->domains[i]);
-                break;
-            }
-        }
-    }
-    sg_config__finish_tls(c, source, errs);
-    if (errs->n != before) return -1;
-    if (c->workers == 0) c->workers = cpu_count();
-    return 0;
-}
-
-/* ---- public lifecycle ----------------------------------------------------- */
-
-void sg_config_ref(sg_config_t *c)
-{
-    atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
-}
-
-void sg_config_unref(sg_config_t *c)
-{
-    if (!c) return;
-    /* acq_rel: the thread that frees must see every other thread's last use. */
-    if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1) sg_config__free(c);
-}
-
-/* ---- dump ----------------------------------------------------------------- */
-
-/* Double-quoted YAML scalar. Validated values never need escapes, but the
- * dump must stay parseable whatever a future setting lets through. */
-void sg_config__append_quoted(sg_strbuf_t *b, const char *s)
-{
-    sg_strbuf_append_cstr(b, "\"");
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\')
-            sg_strbuf_appendf(b, "\\%c", ch);
-        else if (ch < 0x20 || ch == 0x7f)
-            sg_strbuf_appendf(b, "\\x%02x", ch);
-        else
-            sg_strbuf_append(b, s, 1);
-    }
-    sg_strbuf_append_cstr(b, "\"");
-}
-
-static void format_ip(const struct sockaddr_storage *ss, char *buf, size_t len)
-{
-    if (ss->ss_family == AF_INET)
-        inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, buf, (socklen_t)len);
-    else
-        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ss)->sin6_addr, buf, (socklen_t)len);
-}
-
-static void dump_key(sg_strbuf_t *b, const sg_config_t *c, const sg_config__key_t *k,
-                     const char *indent, const char *leaf)
-{
-    const char *field = (const char *)c + k->offset;
-    char v[64];
-    uint64_t n = 0;
-    if (k->type == SG_CONF_T_UINT || k->type == SG_CONF_T_DURATION || k->type == SG_CONF_T_SIZE)
-        n = k->size == sizeof(uint64_t) ? *(const uint64_t *)field : *(const unsigned *)field;
-    sg_strbuf_appendf(b, "%s%s:", indent, leaf);
-    switch (k->type) {
-    case SG_CONF_T_LISTENS:
-        sg_strbuf_append_cstr(b, "\n");
-        for (size_t i = 0; i < c->n_listens; i++) {
-            sg_strbuf_appendf(b, "%s  - {address: ", indent);
-            sg_config__append_quoted(b, c->listens[i].text);
-            sg_strbuf_appendf(b, ", tls: %s}\n", c->listens[i].tls ? "true" : "false");
-        }
-        return;
-    case SG_CONF_T_DOMAINS:
-        sg_strbuf_append_cstr(b, "\n");
-        for (size_t i = 0; i < c->n_domains; i++) {
-            sg_strbuf_appendf(b, "%s  - ", indent);
-            sg_config__append_quoted(b, c->domains[i]);
-            sg_strbuf_append_cstr(b, "\n");
-        }
-        return;
-    case SG_CONF_T_SANDBOXES:
-        if (c->n_sandboxes == 0) {
-            sg_strbuf_append_cstr(b, " {}\n");
-            return;
-        }
-        sg_strbuf_append_cstr(b, "\n");
-        for (size_t i = 0; i < c->n_sandboxes; i++) {
-            char ip[INET6_ADDRSTRLEN];
-            format_ip(&c->sandboxes[i].addr, ip, sizeof(ip));
-            sg_strbuf_appendf(b, "%s  %s: {address: ", indent, c->sandboxes[i].id);
-            sg_config__append_quoted(b, ip);
-            if (c->sandboxes[i].mask) {
-                sg_strbuf_append_cstr(b, ", mask: ");
-                sg_config__append_quoted(b, c->sandboxes[i].mask);
-            }
-            sg_strbuf_append_cstr(b, "}\n");
-        }
-        return;
-    case SG_CONF_T_LOG_LEVEL: {
-        static const char *const names[] = {"debug", "info", "warn", "error"};
-        int level = *(const int *)field;
-        sg_strbuf_appendf(b, " %s\n", level >= 0 && level < 4 ? names[level] : "info");
-        return;
-    }
-    case SG_CONF_T_BOOL:
-        sg_strbuf_appendf(b, " %s\n", *(const int *)field ? "true" : "false");
-        return;
-    case SG_CONF_T_CERTS:
-        sg_config__dump_certs(b, c, indent);
-        return;
-    case SG_CONF_T_UINT:
-        snprintf(v, sizeof(v), "%llu", (unsigned long long)n);
-        break;
-    case SG_CONF_T_DURATION:
-        format_duration(n, v, sizeof(v));
-        break;
-    case SG_CONF_T_SIZE:
-        format_size(n, v, sizeof(v));
-        break;
-    }
-    sg_strbuf_appendf(b, " %s\n", v);
-}
-
-char *sg_config_dump(const sg_config_t *c)
-{
-    sg_strbuf_t b = {0};
-    sg_strbuf_append_cstr(&b, "# sandgate configuration from ");
-    sg_strbuf_append_cstr(&b, c->source ? c->source : "?");
-    sg_strbuf_append_cstr(&b, " (workers resolved)\n");
-    const char *section = NULL;
-    size_t section_len = 0;
-    for (size_t i = 0; i < sg_config__n_keys; i++) {
-        const sg_config__key_t *k = &sg_config__keys[i];
-        const char *dot = strchr(k->name, '.');
-        if (!dot) {
-            section = NULL;
-            dump_key(&b, c, k, "", k->name);
-            continue;
-        }
-        size_t len = (size_t)(dot - k->name);
-        if (!section || section_len != len || memcmp(section, k->name, len) != 0) {
-            section = k->name;
-            section_len = len;
-            sg_strbuf_appendf(&b, "%.*s:\n", (int)len, k->name);
-        }
-        dump_key(&b, c, k, "  ", dot + 1);
-    }
-    sg_strbuf_append(&b, "", 1); /* NUL, so the buffer is a C string */
-    return b.base;
-}
-
-/* ---- reload --------------------------------------------------------------- */
-
-static int key_eq(const sg_config__key_t *k, const sg_config_t *a, const sg_config_t *b)
-{
-    switch (k->type) {
-    case SG_CONF_T_LISTENS:
-        if (a->n_listens != b->n_listens) return 0;
-        for (size_t i = 0; i < a->n_listens; i++)
-            if (!sockaddr_eq(&a->listens[i].addr, &b->listens[i].addr) ||
-                a->listens[i].tls != b->listens[i].tls)
-                return 0;
-        return 1;
-    case SG_CONF_T_DOMAINS:
-        if (a->n_domains != b->n_domains) return 0;
-        for (size_t i = 0; i < a->n_domains; i++)
-            if (strcmp(a->domains[i], b->domains[i]) != 0) return 0;
-        return 1;
-    case SG_CONF_T_SANDBOXES:
-        if (a->n_sandboxes != b->n_sandboxes) return 0;
-        for (size_t i = 0; i < a->n_sandboxes; i++) {
-            const sg_sandbox_conf_t *x = &a->sandboxes[i], *y = &b->sandboxes[i];
-            if (strcmp(x->id, y->id) != 0 || !sockaddr_eq(&x->addr, &y->addr)) return 0;
-            if (!x->mask != !y->mask || (x->mask && strcmp(x->mask, y->mask) != 0)) return 0;
-        }
-        return 1;
-    case SG_CONF_T_CERTS:
-        return sg_config__certs_eq(a, b);
-    default:
-        return memcmp((const char *)a + k->offset, (const char *)b + k->offset, k->size) == 0;
-    }
-}
-
-const char *sg_config_restart_key(const sg_config_t *old_c, const sg_config_t *new_c)
-{
-    for (size_t i = 0; i < sg_config__n_keys; i++) {
-        const sg_config__key_t *k = &sg_config__keys[i];
-        if ((k->flags & SG_CONF_RESTART) && !key_eq(k, old_c, new_c)) return k->name;
-    }
-    return NULL;
 }

@@ -19,6 +19,8 @@ typedef struct {
     char text[64];                /* as written, e.g. "127.0.0.1:8080" or "[::1]:8080" */
     struct sockaddr_storage addr; /* parsed */
     int tls;                      /* 1 for --listen-tls / `tls: true` (TLS issue) */
+    int proxy_protocol;           /* `proxy_protocol: true`: a PROXY v1/v2 header is required */
+    unsigned max_connections;     /* `max_connections: N` per worker; 0 = unlimited */
 } sg_listen_conf_t;
 
 typedef struct {
@@ -47,6 +49,30 @@ typedef struct {
     int redirect_http;               /* tls.redirect_http: plain listeners answer 308 */
 } sg_tls_conf_t;
 
+/* Admin API listener and the durable sandbox store (lookup issue). */
+typedef struct {
+    sg_listen_conf_t *listens; /* admin.listen: list of ADDR:PORT; none = admin API off */
+    size_t n_listens;
+    char *token;      /* admin.token: Bearer token, NULL = none (loopback binds only) */
+    char *store_path; /* admin.store: write-ahead log file (resolved like certificate
+                         paths), NULL = memory only */
+} sg_admin_conf_t;
+
+/* DNS lookup source (lookup issue). */
+typedef struct {
+    char *zone;                       /* dns.zone: ids resolve as <id>.<zone>; NULL = DNS off */
+    struct sockaddr_storage *servers; /* dns.servers: "IP" or "IP:PORT" (default port 53) */
+    size_t n_servers;
+    uint64_t timeout_ms;      /* dns.timeout: one query attempt, default 1s */
+    unsigned tries;           /* dns.tries: attempts per server, default 2 */
+    uint64_t ttl_min_ms;      /* dns.ttl_min: cache floor, default 5s */
+    uint64_t ttl_max_ms;      /* dns.ttl_max: cache ceiling, default 5m */
+    uint64_t negative_ttl_ms; /* dns.negative_ttl: NXDOMAIN cached, default 5s */
+} sg_dns_conf_t;
+
+/* Lookup sources in the order they are asked. */
+typedef enum { SG_SOURCE_STATIC, SG_SOURCE_ADMIN, SG_SOURCE_DNS } sg_source_kind_t;
+
 typedef struct {
     uint64_t request_head_ms;           /* whole request head must arrive within (408) */
     uint64_t keepalive_idle_ms;         /* idle client connection between requests */
@@ -72,6 +98,18 @@ typedef struct sg_config_s {
     size_t max_header_bytes;           /* request head size limit (431), default 64 KiB */
     size_t upstream_pool_idle_per_key; /* pooled idle connections kept per sandbox:port */
     int log_level;                     /* sg_log_level_t */
+    int log_json;                      /* log_format: json (1) or text (0, default) */
+    char *access_log;          /* access_log: "stdout" (default), "off", or a file path (resolved
+                                  like certificate paths) */
+    uint64_t drain_timeout_ms; /* drain_timeout: SIGTERM grace for streams, default 30s */
+    char *token_header;        /* token_header: default "X-Traffic-Access-Token" */
+    sg_admin_conf_t admin;
+    sg_dns_conf_t dns;
+    /* lookup_order: default [static, admin, dns]. Resolved: only configured
+     * sources remain (static always; admin with admin.listen or admin.store;
+     * dns with dns.zone), in the order given; n_lookup_order >= 1. */
+    sg_source_kind_t lookup_order[3];
+    size_t n_lookup_order;
 } sg_config_t;
 
 /* Parses argv (program name at argv[0]). On success stores a new snapshot in
@@ -80,8 +118,11 @@ typedef struct sg_config_s {
  * flag errors. Flags: --config FILE, --listen ADDR:PORT and --listen-tls
  * ADDR:PORT (repeatable), --domain D (repeatable), --sandbox
  * ID=ADDR[,mask=TEMPLATE] (repeatable), --tls-cert CHAIN,KEY (repeatable),
- * --redirect-http, --workers N, --log-level L, --check-config, --version,
- * --help (-h). Repeated list flags replace the file's list for that key, then
+ * --redirect-http, --workers N, --log-level L, --log-format text|json,
+ * --access-log DEST, --drain-timeout DURATION, --admin-listen ADDR:PORT
+ * (repeatable), --admin-token TOKEN, --admin-store PATH, --dns-zone ZONE,
+ * --dns-server ADDR[:PORT] (repeatable), --check-config, --version, --help
+ * (-h). Repeated list flags replace the file's list for that key, then
  * accumulate (the first --tls-cert is the default certificate); --sandbox
  * replaces the file's entry with the same id (without --config it replaces
  * the embedded 'demo').
@@ -120,9 +161,11 @@ void sg_config_unref(sg_config_t *c);
 char *sg_config_dump(const sg_config_t *c);
 
 /* Reload check: the name of the first setting that differs between the two
- * snapshots and cannot change without a restart ("listen", "workers",
- * "tls.ticket_key_rotation"), or NULL when new_c may replace old_c in place
- * (certificates and the other tls settings may change). */
+ * snapshots and cannot change without a restart ("listen", including a
+ * listener's tls, proxy_protocol and max_connections; "workers";
+ * "admin.listen"; "admin.store"), or NULL when new_c may replace old_c in
+ * place (certificates, tls settings, admin.token, dns, lookup_order and the
+ * log settings may change). */
 const char *sg_config_restart_key(const sg_config_t *old_c, const sg_config_t *new_c);
 
 #endif

@@ -32,13 +32,25 @@ const char sg_config_usage[] =
     "                               upstream, with ${PORT} replaced by the port (repeatable)\n"
     "  --workers N                  worker threads, 0 = one per CPU (max 256)\n"
     "  --log-level LEVEL            debug, info, warn or error\n"
+    "  --log-format FORMAT          error log lines as text or json\n"
+    "  --access-log DEST            request log: stdout, off or a file path\n"
+    "  --drain-timeout DURATION     on SIGTERM, open streams get this long to finish\n"
+    "  --admin-listen ADDR:PORT     serve the admin API on ADDR:PORT (repeatable; other than\n"
+    "                               loopback needs an admin token)\n"
+    "  --admin-token TOKEN          bearer token the admin API requires (visible in the\n"
+    "                               process list: prefer admin.token in the file)\n"
+    "  --admin-store PATH           write-ahead log keeping admin-registered sandboxes\n"
+    "  --dns-zone ZONE              look sandbox ids up in DNS as <id>.ZONE\n"
+    "  --dns-server ADDR[:PORT]     DNS server for --dns-zone, port 53 by default\n"
+    "                               (repeatable)\n"
     "  --check-config               validate the configuration and exit\n"
     "  --version                    print the version and exit\n"
     "  --help, -h                   print this help and exit\n"
     "\n"
     "Values go as '--flag VALUE' or '--flag=VALUE'. Flags override the file: the first\n"
-    "--listen/--listen-tls, --domain or --tls-cert replaces the file's list, later ones\n"
-    "add to it; --sandbox adds a sandbox or replaces the file's entry with the same ID.\n"
+    "--listen/--listen-tls, --domain, --tls-cert, --admin-listen or --dns-server replaces\n"
+    "the file's list, later ones add to it; --sandbox adds a sandbox or replaces the\n"
+    "file's entry with the same ID.\n"
     "Without --config the built-in configuration applies (listen 127.0.0.1:8080, domain\n"
     "sandbox.localhost, sandbox 'demo' at 127.0.0.1); any --sandbox then replaces 'demo'.\n";
 
@@ -48,10 +60,11 @@ typedef enum {
     SG_FLAG_LISTEN_TLS,
     SG_FLAG_DOMAIN,
     SG_FLAG_SANDBOX,
-    SG_FLAG_WORKERS,
-    SG_FLAG_LOG_LEVEL,
     SG_FLAG_TLS_CERT,
     SG_FLAG_REDIRECT_HTTP,
+    SG_FLAG_ADMIN_LISTEN,
+    SG_FLAG_DNS_SERVER,
+    SG_FLAG_SCALAR, /* sets the table row named in `key` */
     SG_FLAG_CHECK_CONFIG,
     SG_FLAG_VERSION,
     SG_FLAG_HELP,
@@ -61,24 +74,34 @@ static const struct {
     const char *name;
     sg_flag_id_t id;
     int has_value;
+    const char *key; /* the row the flag sets, for SG_FLAG_SCALAR */
 } sg_flags[] = {
-    {"--config", SG_FLAG_CONFIG, 1},
-    {"--listen", SG_FLAG_LISTEN, 1},
-    {"--listen-tls", SG_FLAG_LISTEN_TLS, 1},
-    {"--domain", SG_FLAG_DOMAIN, 1},
-    {"--sandbox", SG_FLAG_SANDBOX, 1},
-    {"--workers", SG_FLAG_WORKERS, 1},
-    {"--log-level", SG_FLAG_LOG_LEVEL, 1},
-    {"--tls-cert", SG_FLAG_TLS_CERT, 1},
-    {"--redirect-http", SG_FLAG_REDIRECT_HTTP, 0},
-    {"--check-config", SG_FLAG_CHECK_CONFIG, 0},
-    {"--version", SG_FLAG_VERSION, 0},
-    {"--help", SG_FLAG_HELP, 0},
-    {"-h", SG_FLAG_HELP, 0},
+    {"--config", SG_FLAG_CONFIG, 1, NULL},
+    {"--listen", SG_FLAG_LISTEN, 1, NULL},
+    {"--listen-tls", SG_FLAG_LISTEN_TLS, 1, NULL},
+    {"--domain", SG_FLAG_DOMAIN, 1, NULL},
+    {"--sandbox", SG_FLAG_SANDBOX, 1, NULL},
+    {"--workers", SG_FLAG_SCALAR, 1, "workers"},
+    {"--log-level", SG_FLAG_SCALAR, 1, "log_level"},
+    {"--log-format", SG_FLAG_SCALAR, 1, "log_format"},
+    {"--access-log", SG_FLAG_SCALAR, 1, "access_log"},
+    {"--drain-timeout", SG_FLAG_SCALAR, 1, "drain_timeout"},
+    {"--tls-cert", SG_FLAG_TLS_CERT, 1, NULL},
+    {"--redirect-http", SG_FLAG_REDIRECT_HTTP, 0, NULL},
+    {"--admin-listen", SG_FLAG_ADMIN_LISTEN, 1, "admin.listen"},
+    {"--admin-token", SG_FLAG_SCALAR, 1, "admin.token"},
+    {"--admin-store", SG_FLAG_SCALAR, 1, "admin.store"},
+    {"--dns-zone", SG_FLAG_SCALAR, 1, "dns.zone"},
+    {"--dns-server", SG_FLAG_DNS_SERVER, 1, "dns.servers"},
+    {"--check-config", SG_FLAG_CHECK_CONFIG, 0, NULL},
+    {"--version", SG_FLAG_VERSION, 0, NULL},
+    {"--help", SG_FLAG_HELP, 0, NULL},
+    {"-h", SG_FLAG_HELP, 0, NULL},
 };
 
 typedef struct {
     sg_flag_id_t id;
+    size_t def;        /* index in sg_flags */
     const char *value; /* borrowed from argv */
 } sg_flag_t;
 
@@ -117,6 +140,7 @@ static size_t scan_argv(int argc, char **argv, sg_flag_t *out, sg_config__errs_t
             continue;
         }
         out[n].id = sg_flags[f].id;
+        out[n].def = f;
         out[n].value = value;
         n++;
     }
@@ -203,26 +227,45 @@ fail:
     return -1;
 }
 
-/* Applies the value-carrying flags to c in argv order. */
+/* Applies the value-carrying flags to c in argv order. A row a flag sets
+ * loses its file line: a later check must not blame the file for it. */
 static void apply_flags(sg_config_t *c, const sg_flag_t *flags, size_t n, int from_file,
-                        sg_config__errs_t *errs)
+                        sg_config__marks_t *marks, sg_config__errs_t *errs)
 {
     char why[256];
     int listens_replaced = 0, domains_replaced = 0, sandboxes_replaced = from_file;
-    int certs_replaced = 0;
+    int certs_replaced = 0, admin_replaced = 0, servers_replaced = 0;
     for (size_t i = 0; i < n; i++) {
         const sg_flag_t *f = &flags[i];
+        const char *name = sg_flags[f->def].name;
+        const char *key = sg_flags[f->def].key;
+        const sg_config__key_t *k = key ? sg_config__find_key(key, strlen(key)) : NULL;
+        if (k) marks->line[k - sg_config__keys] = 0;
         switch (f->id) {
         case SG_FLAG_LISTEN:
-        case SG_FLAG_LISTEN_TLS: {
-            const char *name = f->id == SG_FLAG_LISTEN ? "--listen" : "--listen-tls";
+        case SG_FLAG_LISTEN_TLS:
+        case SG_FLAG_ADMIN_LISTEN: {
+            int admin = f->id == SG_FLAG_ADMIN_LISTEN;
+            int *replaced = admin ? &admin_replaced : &listens_replaced;
+            sg_config__listens_t list =
+                admin ? (sg_config__listens_t){&c->admin.listens, &c->admin.n_listens}
+                      : (sg_config__listens_t){&c->listens, &c->n_listens};
             sg_listen_conf_t l;
-            if (!listens_replaced) sg_config__clear_listens(c), listens_replaced = 1;
+            if (!*replaced) sg_config__clear_listens(list), *replaced = 1;
             if (sg_config__parse_listen(f->value, f->id == SG_FLAG_LISTEN_TLS, &l, why,
                                         sizeof(why)) != 0)
                 sg_config__error(errs, SG_CLI, 0, "%s: %s", name, why);
             else
-                sg_config__add_listen(c, &l);
+                sg_config__add_listen(list, &l);
+            break;
+        }
+        case SG_FLAG_DNS_SERVER: {
+            struct sockaddr_storage ss;
+            if (!servers_replaced) sg_config__clear_servers(c), servers_replaced = 1;
+            if (sg_config__parse_server(f->value, &ss, why, sizeof(why)) != 0)
+                sg_config__error(errs, SG_CLI, 0, "%s: %s", name, why);
+            else
+                sg_config__add_server(c, &ss);
             break;
         }
         case SG_FLAG_DOMAIN: {
@@ -272,15 +315,11 @@ static void apply_flags(sg_config_t *c, const sg_flag_t *flags, size_t n, int fr
         case SG_FLAG_REDIRECT_HTTP:
             c->tls.redirect_http = 1;
             break;
-        case SG_FLAG_WORKERS:
-        case SG_FLAG_LOG_LEVEL: {
-            const char *key = f->id == SG_FLAG_WORKERS ? "workers" : "log_level";
-            const sg_config__key_t *k = sg_config__find_key(key, strlen(key));
-            if (sg_config__set_scalar(c, k, f->value, why, sizeof(why)) != 0)
-                sg_config__error(errs, SG_CLI, 0, "--%s: %s",
-                                 f->id == SG_FLAG_WORKERS ? "workers" : "log-level", why);
+        case SG_FLAG_SCALAR:
+            if (!k) abort(); /* a flag naming no row is a table bug */
+            if (sg_config__set_scalar(c, k, f->value, NULL, why, sizeof(why)) != 0)
+                sg_config__error(errs, SG_CLI, 0, "%s: %s", name, why);
             break;
-        }
         default:
             break;
         }
@@ -291,6 +330,7 @@ int sg_config_load(int argc, char **argv, sg_config_t **out, sg_config_actions_t
                    char *err, size_t errlen)
 {
     sg_config__errs_t errs = {0};
+    sg_config__marks_t marks = {0};
     sg_config_actions_t dummy;
     sg_config_t *c = NULL;
     const char *path = NULL;
@@ -338,17 +378,17 @@ int sg_config_load(int argc, char **argv, sg_config_t **out, sg_config_actions_t
             goto fail;
         }
         c = sg_config__new(path);
-        int rc = sg_config__parse_yaml(c, text, len, path, &errs);
+        int rc = sg_config__parse_yaml(c, text, len, path, &marks, &errs);
         free(text);
         if (rc != 0) goto fail;
     } else {
         c = sg_config__new("<embedded>");
         if (sg_config__parse_yaml(c, sg_config_embedded_default, strlen(sg_config_embedded_default),
-                                  "<embedded>", &errs) != 0)
+                                  "<embedded>", &marks, &errs) != 0)
             goto fail;
     }
-    apply_flags(c, flags, n, path != NULL, &errs);
-    if (errs.n || sg_config__finish(c, SG_CLI, &errs) != 0) goto fail;
+    apply_flags(c, flags, n, path != NULL, &marks, &errs);
+    if (errs.n || sg_config__finish(c, SG_CLI, &marks, &errs) != 0) goto fail;
     free(flags);
     sg_config__errs_finish(&errs, err, errlen);
     *out = c;

@@ -11,6 +11,7 @@ typedef struct {
     yaml_document_t *doc;
     sg_config_t *c;
     const char *source;
+    sg_config__marks_t *marks;
     sg_config__errs_t *errs;
 } sg_yaml_walk_t;
 
@@ -95,58 +96,84 @@ static int duplicate_key(sg_yaml_walk_t *w, yaml_node_t *map, yaml_node_pair_t *
     return 0;
 }
 
-/* A `listen` item: "ADDR:PORT" or {address: "ADDR:PORT", tls: bool}. */
-static void walk_listen_item(sg_yaml_walk_t *w, const char *name, yaml_node_t *item)
+/* A boolean inside a list item, e.g. `listen.tls`. */
+static int item_bool(sg_yaml_walk_t *w, yaml_node_t *v, const char *where, int *out)
 {
-    char why[256];
+    const char *b = scalar_text(w, v, where);
+    if (!b) return -1;
+    if (sg_config__parse_bool(b, out) == 0) return 0;
+    WALK_ERROR(w, v, "%s: expected true or false, got '%s'", where, b);
+    return -1;
+}
+
+/* A `listen` / `admin.listen` item: "ADDR:PORT" or {address: "ADDR:PORT",
+ * tls: bool, proxy_protocol: bool, max_connections: N}; admin listeners take
+ * neither tls nor proxy_protocol. */
+static void walk_listen_item(sg_yaml_walk_t *w, const sg_config__key_t *k, yaml_node_t *item)
+{
+    char why[256], where[64];
     const char *text = NULL;
     yaml_node_t *at = item;
-    int tls = 0;
+    int admin = k->type == SG_CONF_T_ADMIN_LISTENS;
+    int tls = 0, proxy_protocol = 0;
+    uint64_t max_connections = 0;
     if (item->type == YAML_MAPPING_NODE) {
         int ok = 1;
         for (yaml_node_pair_t *p = item->data.mapping.pairs.start; p < item->data.mapping.pairs.top;
              p++) {
-            const char *k = pair_key(w, p, name);
+            const char *key = pair_key(w, p, k->name);
             yaml_node_t *v = node_at(w, p->value);
-            if (!k || duplicate_key(w, item, p, name, "key")) {
+            if (!key || duplicate_key(w, item, p, k->name, "key")) {
                 ok = 0;
-            } else if (strcmp(k, "address") == 0) {
-                text = scalar_text(w, v, "listen.address");
+                continue;
+            }
+            snprintf(where, sizeof(where), "%s.%s", k->name, key);
+            if (strcmp(key, "address") == 0) {
+                text = scalar_text(w, v, where);
                 at = v;
                 if (!text) ok = 0;
-            } else if (strcmp(k, "tls") == 0) {
-                const char *b = scalar_text(w, v, "listen.tls");
-                if (!b) {
+            } else if (!admin && strcmp(key, "tls") == 0) {
+                if (item_bool(w, v, where, &tls) != 0) ok = 0;
+            } else if (!admin && strcmp(key, "proxy_protocol") == 0) {
+                if (item_bool(w, v, where, &proxy_protocol) != 0) ok = 0;
+            } else if (strcmp(key, "max_connections") == 0) {
+                const char *n = scalar_text(w, v, where);
+                if (!n) {
                     ok = 0;
-                } else if (sg_config__parse_bool(b, &tls) != 0) {
-                    WALK_ERROR(w, v, "listen.tls: expected true or false, got '%s'", b);
+                } else if (sg_config__parse_uint(n, 0, SG_CONFIG__MAX_CONNECTIONS, &max_connections,
+                                                 why, sizeof(why)) != 0) {
+                    WALK_ERROR(w, v, "%s: %s", where, why);
                     ok = 0;
                 }
             } else {
-                WALK_ERROR(w, node_at(w, p->key), "unknown key 'listen.%s' (expected address, tls)",
-                           k);
+                WALK_ERROR(w, node_at(w, p->key), "unknown key '%s' (expected %s)", where,
+                           admin ? "address, max_connections"
+                                 : "address, tls, proxy_protocol, max_connections");
                 ok = 0;
             }
         }
         if (!ok) return;
         if (!text) {
-            WALK_ERROR(w, item, "%s: item lacks 'address'", name);
+            WALK_ERROR(w, item, "%s: item lacks 'address'", k->name);
             return;
         }
     } else {
-        text = scalar_text(w, item, name);
+        text = scalar_text(w, item, k->name);
         if (!text) return;
     }
     sg_listen_conf_t l;
     if (sg_config__parse_listen(text, tls, &l, why, sizeof(why)) != 0) {
-        WALK_ERROR(w, at, "%s: %s", name, why);
+        WALK_ERROR(w, at, "%s: %s", k->name, why);
         return;
     }
-    if (sg_config__find_listen(w->c, &l.addr) >= 0) {
-        WALK_ERROR(w, at, "%s: duplicate address '%s'", name, text);
+    l.proxy_protocol = proxy_protocol;
+    l.max_connections = (unsigned)max_connections;
+    sg_config__listens_t list = sg_config__listens_of(w->c, k);
+    if (sg_config__find_listen(list, &l.addr) >= 0) {
+        WALK_ERROR(w, at, "%s: duplicate address '%s'", k->name, text);
         return;
     }
-    sg_config__add_listen(w->c, &l);
+    sg_config__add_listen(list, &l);
 }
 
 static void walk_domain_item(sg_yaml_walk_t *w, const char *name, yaml_node_t *item)
@@ -167,30 +194,92 @@ static void walk_domain_item(sg_yaml_walk_t *w, const char *name, yaml_node_t *i
     sg_config__add_domain(w->c, d);
 }
 
-/* listen / domains: a non-empty list that replaces the default list. */
+static void walk_server_item(sg_yaml_walk_t *w, const char *name, yaml_node_t *item)
+{
+    char why[256];
+    struct sockaddr_storage ss;
+    const char *text = scalar_text(w, item, name);
+    if (!text) return;
+    if (sg_config__parse_server(text, &ss, why, sizeof(why)) != 0) {
+        WALK_ERROR(w, item, "%s: %s", name, why);
+        return;
+    }
+    if (sg_config__find_server(w->c, &ss) >= 0) {
+        WALK_ERROR(w, item, "%s: duplicate server '%s'", name, text);
+        return;
+    }
+    sg_config__add_server(w->c, &ss);
+}
+
+static void walk_source_item(sg_yaml_walk_t *w, const char *name, yaml_node_t *item)
+{
+    char why[256];
+    sg_source_kind_t s;
+    const char *text = scalar_text(w, item, name);
+    if (!text) return;
+    if (sg_config__parse_source(text, &s, why, sizeof(why)) != 0) {
+        WALK_ERROR(w, item, "%s: %s", name, why);
+        return;
+    }
+    for (size_t i = 0; i < w->c->n_lookup_order; i++) {
+        if (w->c->lookup_order[i] != s) continue;
+        WALK_ERROR(w, item, "%s: '%s' is listed twice", name, text);
+        return;
+    }
+    w->c->lookup_order[w->c->n_lookup_order++] = s;
+}
+
+/* The list rows; each replaces the previous list. listen, domains and
+ * lookup_order need an item; admin.listen and dns.servers may be empty. */
 static void walk_list(sg_yaml_walk_t *w, const sg_config__key_t *k, yaml_node_t *n)
 {
-    if (is_null(n) || (n->type == YAML_SEQUENCE_NODE &&
-                       n->data.sequence.items.start == n->data.sequence.items.top)) {
+    int may_be_empty = k->type == SG_CONF_T_ADMIN_LISTENS || k->type == SG_CONF_T_SERVERS;
+    int empty = is_null(n) || (n->type == YAML_SEQUENCE_NODE &&
+                               n->data.sequence.items.start == n->data.sequence.items.top);
+    if (empty && !may_be_empty) {
         WALK_ERROR(w, n, "%s: needs at least one item", k->name);
         return;
     }
-    if (n->type != YAML_SEQUENCE_NODE) {
+    if (!empty && n->type != YAML_SEQUENCE_NODE) {
         WALK_ERROR(w, n, "%s: expected a list, got %s (write '- item' lines or [a, b])", k->name,
                    kind_name(n));
         return;
     }
-    if (k->type == SG_CONF_T_LISTENS)
-        sg_config__clear_listens(w->c);
-    else
+    switch (k->type) {
+    case SG_CONF_T_LISTENS:
+    case SG_CONF_T_ADMIN_LISTENS:
+        sg_config__clear_listens(sg_config__listens_of(w->c, k));
+        break;
+    case SG_CONF_T_DOMAINS:
         sg_config__clear_domains(w->c);
+        break;
+    case SG_CONF_T_SERVERS:
+        sg_config__clear_servers(w->c);
+        break;
+    default:
+        w->c->n_lookup_order = 0;
+        break;
+    }
+    if (empty) return;
     for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top;
          it++) {
         yaml_node_t *item = node_at(w, *it);
-        if (k->type == SG_CONF_T_LISTENS)
-            walk_listen_item(w, k->name, item);
-        else
+        switch (k->type) {
+        case SG_CONF_T_LISTENS:
+        case SG_CONF_T_ADMIN_LISTENS:
+            walk_listen_item(w, k, item);
+            break;
+        case SG_CONF_T_DOMAINS:
             walk_domain_item(w, k->name, item);
+            break;
+        case SG_CONF_T_SERVERS:
+            walk_server_item(w, k->name, item);
+            break;
+        default:
+            /* 3 sources, none twice: the array cannot overflow. */
+            walk_source_item(w, k->name, item);
+            break;
+        }
     }
 }
 
@@ -352,9 +441,13 @@ static void walk_certs(sg_yaml_walk_t *w, const sg_config__key_t *k, yaml_node_t
 static void walk_key(sg_yaml_walk_t *w, const sg_config__key_t *k, yaml_node_t *n)
 {
     char why[256];
+    if (w->marks) w->marks->line[k - sg_config__keys] = node_line(n);
     switch (k->type) {
     case SG_CONF_T_LISTENS:
+    case SG_CONF_T_ADMIN_LISTENS:
     case SG_CONF_T_DOMAINS:
+    case SG_CONF_T_SERVERS:
+    case SG_CONF_T_SOURCES:
         walk_list(w, k, n);
         return;
     case SG_CONF_T_SANDBOXES:
@@ -366,16 +459,21 @@ static void walk_key(sg_yaml_walk_t *w, const sg_config__key_t *k, yaml_node_t *
     default:
         break;
     }
+    if (is_null(n) && sg_config__is_string(k->type) && !k->def) {
+        sg_config__unset_string(w->c, k); /* `token: ~`: explicitly none */
+        return;
+    }
     if (is_null(n)) {
         WALK_ERROR(w, n, "%s: missing value", k->name);
         return;
     }
     const char *text = scalar_text(w, n, k->name);
-    if (text && sg_config__set_scalar(w->c, k, text, why, sizeof(why)) != 0)
+    if (text && sg_config__set_scalar(w->c, k, text, w->source, why, sizeof(why)) != 0)
         WALK_ERROR(w, n, "%s: %s", k->name, why);
 }
 
-/* `timeouts:` / `limits:` / `tls:` — a mapping whose keys are rows "<section>.<key>". */
+/* `timeouts:` / `limits:` / `tls:` / `admin:` / `dns:` — a mapping whose keys are rows
+ * "<section>.<key>". */
 static void walk_section(sg_yaml_walk_t *w, const char *section, yaml_node_t *n)
 {
     if (is_null(n)) return;
@@ -447,7 +545,7 @@ static void report_parser_error(yaml_parser_t *p, const char *text, size_t len, 
 }
 
 int sg_config__parse_yaml(sg_config_t *c, const char *text, size_t len, const char *source,
-                          sg_config__errs_t *errs)
+                          sg_config__marks_t *marks, sg_config__errs_t *errs)
 {
     unsigned before = errs->n;
     yaml_parser_t parser;
@@ -459,7 +557,8 @@ int sg_config__parse_yaml(sg_config_t *c, const char *text, size_t len, const ch
         yaml_parser_delete(&parser);
         return -1;
     }
-    sg_yaml_walk_t w = {&doc, c, source, errs};
+    if (marks) marks->file = source;
+    sg_yaml_walk_t w = {&doc, c, source, marks, errs};
     yaml_node_t *root = yaml_document_get_root_node(&doc);
     /* An empty file (or one holding only comments) means "all defaults". */
     if (root && !is_null(root)) walk_root(&w, root);
@@ -484,10 +583,11 @@ int sg_config_parse_text(const char *text, size_t len, const char *source, sg_co
                          char *err, size_t errlen)
 {
     sg_config__errs_t errs = {0};
+    sg_config__marks_t marks = {0};
     sg_config_t *c = sg_config__new(source);
     *out = NULL;
-    if (sg_config__parse_yaml(c, text, len, source, &errs) != 0 ||
-        sg_config__finish(c, source, &errs) != 0) {
+    if (sg_config__parse_yaml(c, text, len, source, &marks, &errs) != 0 ||
+        sg_config__finish(c, source, &marks, &errs) != 0) {
         sg_config__free(c);
         sg_config__errs_finish(&errs, err, errlen);
         return -1;

@@ -16,6 +16,9 @@
     X(REQUEST_TIMEOUT, "request_timeout", 408, "Request head not received in time")                \
     X(HEADERS_TOO_LARGE, "headers_too_large", 431, "Request header fields too large")              \
     X(URI_TOO_LONG, "uri_too_long", 414, "Request target too long")                                \
+    X(TOKEN_MISSING, "token_missing", 403, "Missing traffic access token")                         \
+    X(TOKEN_INVALID, "token_invalid", 403, "Invalid traffic access token")                         \
+    X(TOO_MANY_CONNECTIONS, "too_many_connections", 429, "Too many connections to this sandbox")   \
     X(SANDBOX_NOT_FOUND, "sandbox_not_found", 502, "The sandbox was not found")                    \
     X(PORT_NOT_OPEN, "port_not_open", 502, "The sandbox is running but port is not open")          \
     X(UPSTREAM_CONNECT_TIMEOUT, "upstream_connect_timeout", 504,                                   \
@@ -25,6 +28,8 @@
       "The sandbox sent an invalid HTTP response")                                                 \
     X(UPSTREAM_CLOSED, "upstream_closed", 502,                                                     \
       "The sandbox closed the connection before answering")                                        \
+    X(UPSTREAM_TRUNCATED, "upstream_truncated", 502, "The sandbox response ended early")           \
+    X(CLIENT_CLOSED, "client_closed", 499, "The client closed the connection")                     \
     X(LOOKUP_FAILED, "lookup_failed", 503, "sandbox lookup failed")                                \
     X(INTERNAL, "internal", 500, "Internal proxy error")
 

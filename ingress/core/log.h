@@ -7,6 +7,8 @@ typedef enum { SG_LOG_DEBUG, SG_LOG_INFO, SG_LOG_WARN, SG_LOG_ERROR } sg_log_lev
 
 /* Sets the minimum level written; default SG_LOG_INFO. */
 void sg_log_set_level(sg_log_level_t level);
+/* 1: each line is a JSON object {"time","level","msg"}; 0: plain text. */
+void sg_log_set_json(int json);
 /* Parses "debug", "info", "warn" or "error"; returns 0 or -1. */
 int sg_log_parse_level(const char *name, sg_log_level_t *out);
 int sg_log_enabled(sg_log_level_t level);

@@ -24,6 +24,8 @@ static const char *reason_phrase(int status)
         return "Too Many Requests";
     case 431:
         return "Request Header Fields Too Large";
+    case 499: /* nginx's code for a client that left; never sent, only logged */
+        return "Client Closed Request";
     case 500:
         return "Internal Server Error";
     case 502:

@@ -63,10 +63,25 @@ struct sg_stream_s {
     /* TLS: fires once when the handshake completes, before any read
      * callback delivers plaintext. Set by the owner; may be NULL. */
     void (*on_handshake)(sg_stream_t *s);
+    /* Optional, set by the owner before reading starts: bytes that precede
+     * the stream proper (a PROXY protocol header) are offered here first,
+     * raw, before TLS. Returns the preamble length once complete (> 0), 0
+     * to ask for more bytes, or < 0 to reject the connection (the stream
+     * then reports UV_EPROTO to its read callback). */
+    ssize_t (*preamble)(sg_stream_t *s, const char *data, size_t len);
+    char *pre_buf; /* preamble bytes gathered across reads */
+    size_t pre_len;
     unsigned is_tls : 1;
     unsigned reading : 1;
     unsigned closing : 1;
 };
+
+/* For implementations: feeds len raw bytes to s->preamble. Returns 1 when
+ * the preamble is complete (*used = how many of these bytes it took; the
+ * rest belong to the stream), 0 when it needs more (all taken), or -1 when
+ * it was rejected. Clears s->preamble once done. */
+int sg_stream__preamble_feed(sg_stream_t *s, const char *data, size_t len, size_t *used);
+void sg_stream__preamble_free(sg_stream_t *s);
 
 /* Plain TCP. `sg_stream_tcp_init` prepares an unconnected handle on loop
  * (for accept or connect); the caller then uses s->tcp directly for those. */

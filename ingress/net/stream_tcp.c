@@ -2,6 +2,7 @@
 #include "net/stream.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 static void tcp_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *out)
 {
@@ -17,10 +18,72 @@ static sg_buf_t *buf_of_data(char *data)
     return (sg_buf_t *)(data - offsetof(sg_buf_t, data));
 }
 
+#define SG_PREAMBLE_MAX 4352 /* largest PROXY v2 header we accept, with room */
+
+int sg_stream__preamble_feed(sg_stream_t *s, const char *data, size_t len, size_t *used)
+{
+    ssize_t r;
+    *used = 0;
+    if (!s->pre_len) {
+        r = s->preamble(s, data, len);
+        if (r > 0) {
+            *used = (size_t)r;
+            s->preamble = NULL;
+            return 1;
+        }
+        if (r < 0) return -1;
+    }
+    size_t old = s->pre_len;
+    size_t take = len < SG_PREAMBLE_MAX - old ? len : SG_PREAMBLE_MAX - old;
+    if (!s->pre_buf) {
+        s->pre_buf = malloc(SG_PREAMBLE_MAX);
+        if (!s->pre_buf) return -1;
+    }
+    memcpy(s->pre_buf + old, data, take);
+    s->pre_len += take;
+    if (old) {
+        r = s->preamble(s, s->pre_buf, s->pre_len);
+    } else {
+        r = 0; /* the direct attempt above already said "more" */
+    }
+    if (r > 0) {
+        *used = (size_t)r - old;
+        s->preamble = NULL;
+        sg_stream__preamble_free(s);
+        return 1;
+    }
+    if (r < 0 || s->pre_len == SG_PREAMBLE_MAX) return -1;
+    *used = take;
+    return 0;
+}
+
+void sg_stream__preamble_free(sg_stream_t *s)
+{
+    free(s->pre_buf);
+    s->pre_buf = NULL;
+    s->pre_len = 0;
+}
+
 static void tcp_read_cb(uv_stream_t *h, ssize_t nread, const uv_buf_t *ub)
 {
     sg_stream_t *s = h->data;
     sg_buf_t *b = ub->base ? buf_of_data(ub->base) : NULL;
+    if (nread > 0 && s->preamble) {
+        size_t used = 0;
+        int r = sg_stream__preamble_feed(s, b->data, (size_t)nread, &used);
+        if (r < 0) {
+            sg_buf_unref(b);
+            s->read_cb(s, UV_EPROTO, NULL);
+            return;
+        }
+        if (r == 0 || used == (size_t)nread) {
+            sg_buf_unref(b);
+            return;
+        }
+        /* The stream proper starts inside this read: hand on the rest. */
+        memmove(b->data, b->data + used, (size_t)nread - used);
+        nread -= (ssize_t)used;
+    }
     if (nread > 0) {
         s->read_cb(s, nread, b);
     } else if (nread < 0) {
@@ -87,6 +150,7 @@ static int tcp_shutdown(sg_stream_t *s, sg_stream_shutdown_cb cb)
 static void tcp_close_cb(uv_handle_t *h)
 {
     sg_stream_t *s = h->data;
+    sg_stream__preamble_free(s);
     if (s->close_cb) s->close_cb(s);
 }
 

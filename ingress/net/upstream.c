@@ -67,7 +67,7 @@ static void idle_unlink(sg_upstream_t *up)
 static void upstream_handle_closed(sg_upstream_t *up)
 {
     if (--up->handles_open) return;
-    up->pool->stats.open--;
+    sg_counter_dec(&up->pool->stats.open);
     free(up);
 }
 
@@ -102,11 +102,11 @@ static void finish_connect(sg_upstream_t *up, int status)
     up->cb = NULL;
     if (status == 0) {
         up->state = SG_UP_ACTIVE;
-        up->pool->stats.connects_ok++;
+        sg_counter_inc(&up->pool->stats.connects_ok);
         cb(data, 0, up);
         return;
     }
-    up->pool->stats.connect_failures++;
+    sg_counter_inc(&up->pool->stats.connect_failures);
     upstream_destroy(up);
     cb(data, status, NULL);
 }
@@ -199,11 +199,11 @@ int sg_upstream_get(sg_upstream_pool_t *pool, const char *key, size_t key_len,
         uv_timer_stop(&up->timer);
         sg_stream_read_stop(&up->stream);
         up->state = SG_UP_ACTIVE;
-        pool->stats.hits++;
+        sg_counter_inc(&pool->stats.hits);
         *out = up;
         return 1;
     }
-    pool->stats.misses++;
+    sg_counter_inc(&pool->stats.misses);
     sg_upstream_t *up = calloc(1, sizeof(*up));
     if (!up) abort();
     up->pool = pool;
@@ -225,10 +225,10 @@ int sg_upstream_get(sg_upstream_pool_t *pool, const char *key, size_t key_len,
     uv_timer_init(pool->loop, &up->timer);
     up->timer.data = up;
     up->handles_open = 2;
-    pool->stats.open++;
+    sg_counter_inc(&pool->stats.open);
     rc = connect_attempt(up);
     if (rc) {
-        pool->stats.connect_failures++;
+        sg_counter_inc(&pool->stats.connect_failures);
         sg_upstream_cancel(up);
         return rc;
     }
@@ -290,4 +290,21 @@ void sg_upstream_pool_close(sg_upstream_pool_t *pool)
     free(pool->buckets);
     pool->buckets = NULL;
     pool->n_buckets = 0;
+}
+
+size_t sg_upstream_pool_drop_prefix(sg_upstream_pool_t *pool, const char *prefix, size_t len)
+{
+    size_t closed = 0;
+    for (size_t i = 0; i < pool->n_buckets; i++) {
+        sg_upstream_t *up = pool->buckets[i];
+        while (up) {
+            sg_upstream_t *next = up->idle_next;
+            if (!prefix || (up->key_len >= len && memcmp(up->key, prefix, len) == 0)) {
+                upstream_destroy(up);
+                closed++;
+            }
+            up = next;
+        }
+    }
+    return closed;
 }

@@ -5,6 +5,7 @@
 #ifndef SG_NET_UPSTREAM_H
 #define SG_NET_UPSTREAM_H
 
+#include "core/counter.h"
 #include "net/stream.h"
 #include <netinet/in.h>
 
@@ -49,11 +50,11 @@ struct sg_upstream_s {
 };
 
 typedef struct {
-    uint64_t hits;        /* requests served by a pooled connection */
-    uint64_t misses;      /* requests that needed a new connection */
-    uint64_t connects_ok; /* successful connects */
-    uint64_t connect_failures;
-    uint64_t open; /* connections currently open (any state) */
+    sg_counter_t hits;        /* requests served by a pooled connection */
+    sg_counter_t misses;      /* requests that needed a new connection */
+    sg_counter_t connects_ok; /* successful connects */
+    sg_counter_t connect_failures;
+    sg_counter_t open; /* connections currently open (any state) */
 } sg_upstream_stats_t;
 
 struct sg_upstream_pool_s {
@@ -92,5 +93,10 @@ void sg_upstream_cancel(sg_upstream_t *up);
  * caller must not touch it afterwards. Pending writes must have completed
  * when reusable=1. */
 void sg_upstream_release(sg_upstream_t *up, int reusable);
+
+/* Closes the idle pooled connections whose key starts with prefix (all of
+ * them when prefix is NULL); used when a sandbox is removed. Returns how
+ * many were closed. */
+size_t sg_upstream_pool_drop_prefix(sg_upstream_pool_t *pool, const char *prefix, size_t len);
 
 #endif

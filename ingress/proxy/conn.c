@@ -6,9 +6,11 @@
 #include "http/errpage.h"
 #include "http/rewrite.h"
 #include "net/listener.h"
+#include "net/proxy_protocol.h"
 #include "route/mask.h"
 #include "tls/tls.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -45,6 +47,8 @@ static void timer_closed_cb(uv_handle_t *h)
 
 static void drop_sandbox(sg_conn_t *c)
 {
+    if (c->counted_active) atomic_fetch_sub_explicit(&c->sandbox->active, 1, memory_order_relaxed);
+    c->counted_active = 0;
     if (c->sandbox) sg_sandbox_unref(c->sandbox);
     c->sandbox = NULL;
 }
@@ -52,24 +56,38 @@ static void drop_sandbox(sg_conn_t *c)
 void sg_conn_close(sg_conn_t *c)
 {
     if (c->closing) return;
-    c->closing = 1;
     sg_worker_t *w = c->w;
+    if (c->in_request) {
+        /* A request cut short: say by whom. A tunnel ending is its normal end. */
+        sg_err_t why = c->state == SG_CONN_TUNNEL         ? SG_ERR_NONE
+                       : c->client_eof || !c->res_started ? SG_ERR_CLIENT_CLOSED
+                                                          : SG_ERR_UPSTREAM_TRUNCATED;
+        sg_conn_observe(c, why);
+    }
+    c->closing = 1;
     if (c->lookup_pending) sg_lookup_cancel(&c->lookup);
     c->lookup_pending = 0;
     if (c->up_pending) sg_upstream_cancel(c->up_connecting);
     c->up_pending = 0;
     c->up_connecting = NULL;
     if (c->up) sg_relay_detach_upstream(c, 0);
-    if (c->state == SG_CONN_TUNNEL) w->stats.tunnels_open--;
+    if (c->state == SG_CONN_TUNNEL) sg_counter_dec(&w->stats.tunnels_open);
     drop_sandbox(c);
     if (c->prev)
         c->prev->next = c->next;
     else
         w->conns = c->next;
     if (c->next) c->next->prev = c->prev;
-    w->stats.connections_open--;
+    sg_counter_dec(&w->stats.connections_open);
+    if (c->listener) c->listener->open--;
     uv_close((uv_handle_t *)&c->timer, timer_closed_cb);
     sg_stream_close(&c->client, client_closed_cb);
+}
+
+int sg_conn_is_idle(const sg_conn_t *c)
+{
+    return c->state == SG_CONN_HEAD && !c->awaiting_flush && !c->in_request && !c->req_head.len &&
+           !c->inbuf.len && !c->client_writes;
 }
 
 static void timer_cb(uv_timer_t *t)
@@ -168,6 +186,11 @@ static void reset_request(sg_conn_t *c)
     c->keep_alive = c->close_after = c->upgrade = c->head_method = 0;
     c->req_done = c->req_broken = c->res_started = c->res_done = c->up_junk = 0;
     c->awaiting_flush = c->counted_request = c->body_streamed = 0;
+    c->in_request = 0;
+    c->t_start = c->t_connected = c->t_first_byte = 0;
+    c->req_bytes_in = c->req_bytes_out = 0;
+    c->upstream_addr[0] = '\0';
+    c->route = (sg_route_t){0};
     c->res_parsed = 0;
     c->host = sg_slice(NULL, 0);
     sg_strbuf_reset(&c->res_head);
@@ -185,6 +208,7 @@ static void next_request(sg_conn_t *c)
     c->state = SG_CONN_HEAD;
     if (c->req_head.len) {
         sg_conn_arm_timer(c, SG_TIMER_HEAD, c->w->config->timeouts.request_head_ms);
+        c->in_request = 1;
         head_input(c);
     } else {
         sg_conn_arm_timer(c, SG_TIMER_KEEPALIVE, c->w->config->timeouts.keepalive_idle_ms);
@@ -203,18 +227,11 @@ void sg_conn_client_flushed(sg_conn_t *c)
     }
 }
 
-static void count_response(sg_conn_t *c, int status, sg_err_t err)
-{
-    sg_worker_stats_t *st = &c->w->stats;
-    if (status >= 100 && status < 600) st->responses_by_class[status / 100]++;
-    if (err != SG_ERR_NONE && (unsigned)err < 32) st->errors[err]++;
-}
-
 /* Both halves of the exchange are over: keep the connection or close it. */
 void sg_conn_request_finished(sg_conn_t *c)
 {
     if (c->closing) return;
-    count_response(c, c->status, SG_ERR_NONE);
+    sg_conn_observe(c, SG_ERR_NONE);
     c->state = (c->close_after || !c->keep_alive || !c->req_done) ? SG_CONN_LINGER : SG_CONN_HEAD;
     c->awaiting_flush = c->state == SG_CONN_HEAD;
     sg_conn_arm_timer(c, SG_TIMER_FLUSH, c->w->config->timeouts.stream_idle_ms);
@@ -233,7 +250,7 @@ void sg_conn_send_error(sg_conn_t *c, sg_err_t err, const char *detail, int port
         /* Bytes of a response already went out: the only honest signal left
          * is cutting the connection. */
         sg_log_debug("conn %s: %s after response start, cutting", c->client_addr, sg_err_name(err));
-        c->w->stats.errors[err]++;
+        sg_conn_observe(c, err);
         sg_conn_close(c);
         return;
     }
@@ -248,7 +265,8 @@ void sg_conn_send_error(sg_conn_t *c, sg_err_t err, const char *detail, int port
     sg_strbuf_reset(&c->res_out);
     sg_errpage_render(&c->res_out, &page, html, keep, c->head_method);
     c->status = sg_err_status(err);
-    count_response(c, c->status, err);
+    if (!c->req_bytes_in) c->req_bytes_in = c->req_head.len;
+    sg_conn_observe(c, err);
     sg_log_debug("conn %s: %d %s", c->client_addr, c->status, sg_err_name(err));
     c->res_started = c->res_done = 1;
     c->req_done = c->req.message_done;
@@ -274,13 +292,14 @@ static void client_read_cb(sg_stream_t *s, ssize_t nread, sg_buf_t *buf)
         sg_conn_close(c);
         return;
     }
-    c->w->stats.bytes_in += (uint64_t)nread;
+    sg_counter_add(&c->w->stats.bytes_in, (uint64_t)nread);
     c->last_activity = uv_now(&c->w->loop);
     switch (c->state) {
     case SG_CONN_HEAD:
         if (c->awaiting_flush) break; /* previous response still flushing */
         if (c->timer_kind == SG_TIMER_KEEPALIVE)
             sg_conn_arm_timer(c, SG_TIMER_HEAD, c->w->config->timeouts.request_head_ms);
+        c->in_request = 1;
         sg_strbuf_append(&c->req_head, buf->data, (size_t)nread);
         head_input(c);
         return;
@@ -309,6 +328,7 @@ void sg_conn_feed_body(sg_conn_t *c, const char *data, size_t len, sg_buf_t *buf
 {
     size_t consumed = 0;
     llhttp_errno_t err = sg_h1_execute(&c->req, NULL, data, len, &consumed);
+    c->req_bytes_in += consumed;
     if (consumed) {
         c->body_streamed = 1;
         if (buf)
@@ -335,10 +355,27 @@ void sg_conn_feed_body(sg_conn_t *c, const char *data, size_t len, sg_buf_t *buf
 
 static void on_sandbox(sg_conn_t *c, sg_err_t err, sg_sandbox_t *sb);
 
+/* Counts a lookup outcome against the source that gave it (the last one
+ * asked when none knew the id). */
+static void count_lookup(sg_conn_t *c, int result)
+{
+    const sg_lookup_t *lk = &c->w->lookup;
+    if (!lk->n_sources) return;
+    size_t i = c->lookup.source_index < lk->n_sources ? c->lookup.source_index : lk->n_sources - 1;
+    unsigned src = lk->sources[i]->metric_index;
+    if (src < 3) sg_counter_inc(&c->w->stats.lookups[src][result]);
+}
+
+static int lookup_result(sg_err_t err)
+{
+    return err == SG_ERR_NONE ? 0 : err == SG_ERR_SANDBOX_NOT_FOUND ? 1 : 2;
+}
+
 static void lookup_cb(sg_lookup_req_t *req, sg_err_t err, sg_sandbox_t *sb)
 {
     sg_conn_t *c = req->data;
     c->lookup_pending = 0;
+    count_lookup(c, lookup_result(err));
     on_sandbox(c, err, sb);
 }
 
@@ -366,6 +403,14 @@ void sg_conn_get_upstream(sg_conn_t *c, int fresh)
         ((struct sockaddr_in6 *)&addr)->sin6_port = htons(c->route.port);
     else
         ((struct sockaddr_in *)&addr)->sin_port = htons(c->route.port);
+    char ip[INET6_ADDRSTRLEN] = "";
+    if (addr.ss_family == AF_INET6) {
+        uv_ip6_name((struct sockaddr_in6 *)&addr, ip, sizeof(ip));
+        snprintf(c->upstream_addr, sizeof(c->upstream_addr), "[%s]:%u", ip, c->route.port);
+    } else {
+        uv_ip4_name((struct sockaddr_in *)&addr, ip, sizeof(ip));
+        snprintf(c->upstream_addr, sizeof(c->upstream_addr), "%s:%u", ip, c->route.port);
+    }
     char key[SG_UPSTREAM_KEY_MAX];
     size_t key_len = sg_upstream_make_key(key, c->sandbox->id, c->sandbox->id_len, &addr);
     sg_upstream_opts_t opts = {.connect_timeout_ms = cfg->timeouts.upstream_connect_ms,
@@ -391,6 +436,29 @@ static void on_sandbox(sg_conn_t *c, sg_err_t err, sg_sandbox_t *sb)
         return;
     }
     c->sandbox = sb;
+    const sg_config_t *cfg = c->w->config;
+    if (sb->has_token) {
+        sg_slice_t name = sg_slice_cstr(cfg->token_header);
+        const sg_header_t *t = sg_http_find_header(c->request.headers, c->request.n_headers, name);
+        char detail[160];
+        if (!t || !sg_sandbox_token_ok(sb, t->value)) {
+            snprintf(detail, sizeof(detail), t ? "%s does not match" : "send the %s header",
+                     cfg->token_header);
+            sg_conn_send_error(c, t ? SG_ERR_TOKEN_INVALID : SG_ERR_TOKEN_MISSING, detail, 0);
+            return;
+        }
+    }
+    if (sb->max_connections) {
+        unsigned now = atomic_fetch_add_explicit(&sb->active, 1, memory_order_relaxed) + 1;
+        c->counted_active = 1;
+        if (now > sb->max_connections) {
+            char detail[96];
+            snprintf(detail, sizeof(detail), "the limit is %u concurrent connections",
+                     sb->max_connections);
+            sg_conn_send_error(c, SG_ERR_TOO_MANY_CONNECTIONS, detail, 0);
+            return;
+        }
+    }
     sg_conn_get_upstream(c, 0);
 }
 
@@ -400,6 +468,8 @@ void sg_conn_upstream_ready(sg_conn_t *c, sg_upstream_t *up, int from_pool)
 {
     c->up = up;
     c->up_from_pool = from_pool;
+    c->t_connected = uv_hrtime();
+    if (!c->req_bytes_in) c->req_bytes_in = c->req_parsed;
     up->stream.data = c;
     c->state = SG_CONN_PROXYING;
     c->upstream_paused = c->upstream_eof = 0;
@@ -417,6 +487,9 @@ void sg_conn_upstream_ready(sg_conn_t *c, sg_upstream_t *up, int from_pool)
             .client_addr = sg_slice_cstr(c->client_addr),
             .proto = c->client.is_tls ? SG_SLICE_LIT("https") : SG_SLICE_LIT("http"),
             .upgrade = c->upgrade,
+            /* Tokens never travel upstream, whether or not this sandbox
+             * needs one. */
+            .strip_header = sg_slice_cstr(c->w->config->token_header),
         };
         sg_strbuf_reset(&c->scratch);
         if (sb->mask) {
@@ -565,7 +638,7 @@ static void send_redirect(sg_conn_t *c)
     c->status = 308;
     c->res_started = c->res_done = 1;
     c->req_done = c->req.message_done;
-    c->w->stats.responses_by_class[3]++;
+    sg_conn_observe(c, SG_ERR_NONE);
     sg_relay_write_strbuf(c, 0, b);
     int keep = c->keep_alive && c->req.message_done;
     c->state = keep ? SG_CONN_HEAD : SG_CONN_LINGER;
@@ -576,7 +649,8 @@ static void send_redirect(sg_conn_t *c)
 static void on_request_head(sg_conn_t *c)
 {
     sg_worker_t *w = c->w;
-    w->stats.requests++;
+    sg_counter_inc(&w->stats.requests);
+    c->t_start = uv_hrtime();
     sg_h1_request_view(&c->req, c->req_head.base, &c->request);
     const sg_http_request_t *r = &c->request;
     c->keep_alive = llhttp_should_keep_alive(&c->req.llhttp) != 0;
@@ -616,8 +690,10 @@ static void on_request_head(sg_conn_t *c)
     c->lookup.data = c;
     sg_sandbox_t *sb = NULL;
     if (sg_lookup_start(&w->lookup, &c->lookup, c->route.id, lookup_cb, &err, &sb)) {
+        count_lookup(c, lookup_result(err));
         on_sandbox(c, err, sb);
     } else {
+        count_lookup(c, 3);
         c->lookup_pending = 1;
     }
 }
@@ -669,8 +745,71 @@ static void on_handshake(sg_stream_t *s)
     sg_conn_arm_timer(c, SG_TIMER_HEAD, c->w->config->timeouts.request_head_ms);
 }
 
+/* PROXY protocol: the real client address replaces the socket peer. */
+static ssize_t proxy_preamble(sg_stream_t *s, const char *data, size_t len)
+{
+    sg_conn_t *c = s->data;
+    sg_proxy_header_t h;
+    ssize_t n = sg_proxy_protocol_parse(data, len, &h);
+    if (n < 0) {
+        sg_log_debug("conn %s: invalid PROXY protocol header", c->client_addr);
+        return -1;
+    }
+    if (n > 0 && !h.local) {
+        if (h.src.ss_family == AF_INET6)
+            uv_ip6_name((struct sockaddr_in6 *)&h.src, c->client_addr, sizeof(c->client_addr));
+        else
+            uv_ip4_name((struct sockaddr_in *)&h.src, c->client_addr, sizeof(c->client_addr));
+    }
+    return n;
+}
+
+typedef struct {
+    uv_tcp_t tcp;
+    uv_write_t req;
+} sg_reject_t;
+
+static void reject_closed_cb(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void reject_written_cb(uv_write_t *req, int status)
+{
+    sg_reject_t *r = req->data;
+    uv_close((uv_handle_t *)&r->tcp, reject_closed_cb);
+}
+
+/* Over the listener's cap: answer 503 without allocating a connection, so
+ * an overloaded worker sheds load cheaply. TLS listeners just close (a 503
+ * would need a full handshake, the very cost being shed). */
+static void reject_connection(sg_worker_t *w, sg_listener_t *l)
+{
+    static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\n"
+                               "Content-Type: application/json\r\nContent-Length: 57\r\n"
+                               "X-Sandgate-Error: overloaded\r\nConnection: close\r\n\r\n"
+                               "{\"message\":\"Too many connections, try again\",\"code\":503}\n";
+    sg_reject_t *r = malloc(sizeof(*r));
+    if (!r) abort();
+    uv_tcp_init(&w->loop, &r->tcp);
+    r->tcp.data = r;
+    r->req.data = r;
+    sg_counter_inc(&w->stats.connections_rejected);
+    if (uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&r->tcp) != 0 || l->tls) {
+        uv_close((uv_handle_t *)&r->tcp, reject_closed_cb);
+        return;
+    }
+    uv_buf_t b = uv_buf_init((char *)busy, sizeof(busy) - 1);
+    if (uv_write(&r->req, (uv_stream_t *)&r->tcp, &b, 1, reject_written_cb) != 0)
+        uv_close((uv_handle_t *)&r->tcp, reject_closed_cb);
+}
+
 void sg_conn_accept(sg_worker_t *w, sg_listener_t *listener)
 {
+    if (listener->max_connections && listener->open >= listener->max_connections) {
+        reject_connection(w, listener);
+        return;
+    }
     int tls = listener->tls && w->snap->tls;
     size_t extra = tls && sg_tls_stream_size > sizeof(sg_stream_t)
                        ? sg_tls_stream_size - sizeof(sg_stream_t)
@@ -686,14 +825,17 @@ void sg_conn_accept(sg_worker_t *w, sg_listener_t *listener)
     }
     c->client.data = c;
     c->client.on_handshake = tls ? on_handshake : NULL;
+    c->client.preamble = listener->proxy_protocol ? proxy_preamble : NULL;
+    c->listener = listener;
+    listener->open++;
     uv_timer_init(&w->loop, &c->timer);
     c->timer.data = c;
     c->refs = 2;
     c->next = w->conns;
     if (c->next) c->next->prev = c;
     w->conns = c;
-    w->stats.connections_accepted++;
-    w->stats.connections_open++;
+    sg_counter_inc(&w->stats.connections_accepted);
+    sg_counter_inc(&w->stats.connections_open);
     if (uv_accept((uv_stream_t *)&listener->tcp, (uv_stream_t *)&c->client.tcp) != 0 ||
         (tls && sg_tls_stream_attach(&c->client) != 0)) {
         sg_conn_close(c);

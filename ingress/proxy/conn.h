@@ -50,6 +50,7 @@ struct sg_fwd_write_s {
 
 struct sg_conn_s {
     sg_worker_t *w;
+    sg_listener_t *listener;
     sg_conn_t *prev, *next;
     uv_timer_t timer;
     int refs;
@@ -107,8 +108,13 @@ struct sg_conn_s {
     unsigned counted_request : 1;
     unsigned body_streamed : 1; /* body bytes went upstream after req_out */
     unsigned tunnel_close_pending : 1;
-    unsigned client_writes;   /* in flight to the client */
-    unsigned upstream_writes; /* in flight to the upstream */
+    unsigned counted_active : 1; /* holds one of sandbox->active */
+    unsigned in_request : 1;     /* bytes of a request arrived and it is not logged yet */
+    uint64_t t_start, t_connected, t_first_byte; /* uv_hrtime() of this request's stages */
+    uint64_t req_bytes_in, req_bytes_out;        /* client bytes of this request / response */
+    char upstream_addr[64];                      /* "ip:port" of the sandbox service */
+    unsigned client_writes;                      /* in flight to the client */
+    unsigned upstream_writes;                    /* in flight to the upstream */
     /* Last: a TLS stream extends past sizeof(sg_stream_t); the connection
      * is allocated with room for it (sg_tls_stream_size). */
     sg_stream_t client;
@@ -117,6 +123,9 @@ struct sg_conn_s {
 /* conn.c */
 void sg_conn_accept(sg_worker_t *w, sg_listener_t *listener);
 void sg_conn_close(sg_conn_t *c);
+/* True between requests with nothing received or owed (safe to close when
+ * draining). */
+int sg_conn_is_idle(const sg_conn_t *c);
 /* Drops one reference; frees the connection at zero. */
 void sg_conn_unref(sg_conn_t *c);
 void sg_conn_send_error(sg_conn_t *c, sg_err_t err, const char *detail, int port);
@@ -127,6 +136,10 @@ void sg_conn_client_flushed(sg_conn_t *c);
 void sg_conn_upstream_ready(sg_conn_t *c, sg_upstream_t *up, int from_pool);
 void sg_conn_feed_body(sg_conn_t *c, const char *data, size_t len, sg_buf_t *buf);
 void sg_conn_get_upstream(sg_conn_t *c, int fresh);
+
+/* observe.c: per-request metrics and the access log line; once per
+ * request (err SG_ERR_NONE for a proxied response). */
+void sg_conn_observe(sg_conn_t *c, sg_err_t err);
 
 /* relay.c: writes, backpressure, response and tunnel */
 void sg_relay_write(sg_conn_t *c, int to_upstream, const char *data, size_t len, sg_buf_t *buf);

@@ -117,7 +117,7 @@ static void submit(sg_conn_t *c, sg_fwd_write_t *fw, int to_upstream, const char
     if (to_upstream)
         c->upstream_writes++;
     else
-        c->client_writes++, c->w->stats.bytes_out += len;
+        c->client_writes++, c->req_bytes_out += len, sg_counter_add(&c->w->stats.bytes_out, len);
     int rc = sg_stream_write(dst, &fw->w, &b, 1, fwd_write_cb);
     if (rc) {
         /* Report like an asynchronous failure so there is one error path. */
@@ -202,7 +202,7 @@ static void response_complete(sg_conn_t *c)
 static void tunnel_start(sg_conn_t *c)
 {
     c->state = SG_CONN_TUNNEL;
-    c->w->stats.tunnels_open++;
+    sg_counter_inc(&c->w->stats.tunnels_open);
     sg_conn_arm_timer(c, SG_TIMER_IDLE, c->w->config->timeouts.stream_idle_ms);
     /* Upstream bytes that followed the 101 head, and client bytes that
      * followed the upgrade request, start the tunnel in order. */
@@ -220,6 +220,7 @@ static void final_head(sg_conn_t *c, size_t head_len)
 {
     sg_h1_response_view(&c->res, c->res_head.base, head_len, &c->response);
     c->status = c->response.status;
+    c->t_first_byte = uv_hrtime();
     int tunnel = c->status == 101;
     if (!tunnel && llhttp_message_needs_eof(&c->res.llhttp)) c->close_after = 1;
     int client_keep = c->keep_alive && !c->close_after;

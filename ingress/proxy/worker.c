@@ -4,6 +4,8 @@
 #include "net/listener.h"
 #include "proxy/conn.h"
 
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -49,23 +51,104 @@ static void on_connection(uv_stream_t *listener, int status)
 
 /* Runs on the worker's thread: later connections and requests see the new
  * snapshot; ones in flight finish with what they hold. */
+/* The chain follows the configured order among the sources this worker
+ * has (admin needs the store, DNS a zone at start-up). */
+static void build_lookup_chain(sg_worker_t *w)
+{
+    const sg_config_t *cfg = w->config;
+    sg_lookup_init(&w->lookup);
+    for (size_t i = 0; i < cfg->n_lookup_order; i++) {
+        switch (cfg->lookup_order[i]) {
+        case SG_SOURCE_STATIC:
+            sg_lookup_add_source(&w->lookup, &w->static_source);
+            break;
+        case SG_SOURCE_ADMIN:
+            if (w->shared.store) sg_lookup_add_source(&w->lookup, &w->admin_source);
+            break;
+        case SG_SOURCE_DNS:
+            if (w->dns) sg_lookup_add_source(&w->lookup, sg_dns_source_lookup(w->dns));
+            break;
+        }
+    }
+    if (!cfg->n_lookup_order) sg_lookup_add_source(&w->lookup, &w->static_source);
+}
+
 static void use_snapshot(sg_worker_t *w, sg_snapshot_t *snap)
 {
     sg_snapshot_t *old = w->snap;
     w->snap = snap;
     w->config = snap->config;
     sg_lookup_static_init(&w->static_source, &snap->table);
+    w->static_source.metric_index = SG_SOURCE_STATIC;
+    build_lookup_chain(w);
     sg_snapshot_unref(old);
 }
+
+static int conn_is_of(const sg_conn_t *c, const char *id)
+{
+    const sg_sandbox_t *sb = c->sandbox;
+    return sb && strcmp(sb->id, id) == 0;
+}
+
+/* An admin record that is no longer the store's current one (deleted or
+ * replaced) must not keep traffic. */
+static int conn_is_stale(sg_worker_t *w, const sg_conn_t *c)
+{
+    const sg_sandbox_t *sb = c->sandbox;
+    if (!sb || !w->shared.store || strcmp(sb->source, "admin") != 0) return 0;
+    return sg_store_get(w->shared.store, sg_slice(sb->id, sb->id_len)) != sb;
+}
+
+static void cut_sandboxes(sg_worker_t *w, char (*ids)[SG_SANDBOX_ID_MAX + 1], size_t n,
+                          int overflow)
+{
+    sg_conn_t *c = w->conns;
+    while (c) {
+        sg_conn_t *next = c->next;
+        int cut = overflow && conn_is_stale(w, c);
+        for (size_t i = 0; !cut && i < n; i++) cut = conn_is_of(c, ids[i]);
+        if (cut) sg_conn_close(c);
+        c = next;
+    }
+    for (size_t i = 0; i < n; i++) {
+        char key[SG_SANDBOX_ID_MAX + 2];
+        size_t len = strlen(ids[i]);
+        memcpy(key, ids[i], len + 1); /* pool keys start with "id\0" */
+        sg_upstream_pool_drop_prefix(&w->upstreams, key, len + 1);
+    }
+    if (overflow) sg_upstream_pool_drop_prefix(&w->upstreams, NULL, 0);
+}
+
+static void begin_drain(sg_worker_t *w);
 
 static void reload_async_cb(uv_async_t *a)
 {
     sg_worker_t *w = a->data;
+    char ids[SG_KILL_QUEUE][SG_SANDBOX_ID_MAX + 1];
     uv_mutex_lock(&w->mailbox_lock);
     sg_snapshot_t *snap = w->mailbox;
     w->mailbox = NULL;
+    size_t n = w->n_kill_ids;
+    memcpy(ids, w->kill_ids, n * sizeof(ids[0]));
+    int overflow = w->kill_overflow;
+    w->n_kill_ids = 0;
+    w->kill_overflow = 0;
+    int drain = w->drain_requested && !w->draining;
     uv_mutex_unlock(&w->mailbox_lock);
     if (snap) use_snapshot(w, snap);
+    if (n || overflow) cut_sandboxes(w, ids, n, overflow);
+    if (drain) begin_drain(w);
+}
+
+void sg_worker_post_kill(sg_worker_t *w, const char *id)
+{
+    uv_mutex_lock(&w->mailbox_lock);
+    if (w->n_kill_ids < SG_KILL_QUEUE)
+        snprintf(w->kill_ids[w->n_kill_ids++], SG_SANDBOX_ID_MAX + 1, "%s", id);
+    else
+        w->kill_overflow = 1;
+    uv_mutex_unlock(&w->mailbox_lock);
+    uv_async_send(&w->reload_async);
 }
 
 void sg_worker_post_snapshot(sg_worker_t *w, sg_snapshot_t *snap)
@@ -79,10 +162,25 @@ void sg_worker_post_snapshot(sg_worker_t *w, sg_snapshot_t *snap)
     uv_async_send(&w->reload_async);
 }
 
-int sg_worker_init(sg_worker_t *w, unsigned index, sg_snapshot_t *snap)
+static void qsbr_check_cb(uv_check_t *h)
+{
+    sg_worker_t *w = h->data;
+    sg_qsbr_quiescent(&w->qsbr_reader);
+}
+
+static void drain_tick(sg_worker_t *w);
+
+static void qsbr_tick_cb(uv_timer_t *t)
+{
+    sg_worker_t *w = t->data;
+    if (w->draining) drain_tick(w);
+}
+
+int sg_worker_init(sg_worker_t *w, unsigned index, sg_snapshot_t *snap, const sg_shared_t *shared)
 {
     memset(w, 0, sizeof(*w));
     w->index = index;
+    w->shared = *shared;
     sg_snapshot_ref(snap);
     w->snap = snap;
     w->config = snap->config;
@@ -94,9 +192,30 @@ int sg_worker_init(sg_worker_t *w, unsigned index, sg_snapshot_t *snap)
     sg_buf_pool_init(&w->bufs, SG_READ_BUF_SIZE, 256);
     sg_upstream_pool_init(&w->upstreams, &w->loop, &w->bufs, config->upstream_pool_idle_per_key,
                           config->timeouts.upstream_idle_ms);
-    sg_lookup_init(&w->lookup);
     sg_lookup_static_init(&w->static_source, &snap->table);
-    sg_lookup_add_source(&w->lookup, &w->static_source);
+    w->static_source.metric_index = SG_SOURCE_STATIC;
+    if (w->shared.store) {
+        sg_store_source_init(&w->admin_source, w->shared.store);
+        w->admin_source.metric_index = SG_SOURCE_ADMIN;
+    }
+    if (config->dns.zone) {
+        rc = sg_dns_source_new(&w->loop, &config->dns, &w->dns);
+        if (rc) {
+            sg_log_error("dns source: %s", uv_strerror(rc));
+            return rc;
+        }
+        sg_dns_source_lookup(w->dns)->metric_index = SG_SOURCE_DNS;
+    }
+    build_lookup_chain(w);
+    if (w->shared.qsbr) {
+        sg_qsbr_register(w->shared.qsbr, &w->qsbr_reader);
+        uv_check_init(&w->loop, &w->qsbr_check);
+        w->qsbr_check.data = w;
+        uv_check_start(&w->qsbr_check, qsbr_check_cb);
+    }
+    uv_timer_init(&w->loop, &w->qsbr_tick);
+    w->qsbr_tick.data = w;
+    uv_timer_start(&w->qsbr_tick, qsbr_tick_cb, 100, 100);
     uv_async_init(&w->loop, &w->reload_async, reload_async_cb);
     w->reload_async.data = w;
     w->listeners = calloc(config->n_listens, sizeof(*w->listeners));
@@ -114,6 +233,8 @@ int sg_worker_init(sg_worker_t *w, unsigned index, sg_snapshot_t *snap)
         l->tcp.data = l;
         l->worker = w;
         l->tls = lc->tls;
+        l->proxy_protocol = lc->proxy_protocol;
+        l->max_connections = lc->max_connections;
         l->port = ntohs(lc->addr.ss_family == AF_INET6
                             ? ((const struct sockaddr_in6 *)&lc->addr)->sin6_port
                             : ((const struct sockaddr_in *)&lc->addr)->sin_port);
@@ -123,21 +244,79 @@ int sg_worker_init(sg_worker_t *w, unsigned index, sg_snapshot_t *snap)
     return 0;
 }
 
-static void stop_async_cb(uv_async_t *a)
+static void close_listeners(sg_worker_t *w)
 {
-    sg_worker_t *w = a->data;
+    for (size_t i = 0; i < w->n_listeners; i++)
+        if (!uv_is_closing((uv_handle_t *)&w->listeners[i].tcp))
+            uv_close((uv_handle_t *)&w->listeners[i].tcp, NULL);
+}
+
+/* Closes everything; the loop ends when the last close callback ran. */
+static void shutdown_worker(sg_worker_t *w)
+{
+    if (w->stopping) return;
     w->stopping = 1;
-    for (size_t i = 0; i < w->n_listeners; i++) uv_close((uv_handle_t *)&w->listeners[i].tcp, NULL);
+    close_listeners(w);
     while (w->conns) sg_conn_close(w->conns);
     sg_upstream_pool_close(&w->upstreams);
+    if (w->dns) sg_dns_source_close(w->dns);
+    w->dns = NULL;
+    if (w->shared.qsbr) {
+        uv_close((uv_handle_t *)&w->qsbr_check, NULL);
+        sg_qsbr_offline(&w->qsbr_reader);
+    }
+    uv_close((uv_handle_t *)&w->qsbr_tick, NULL);
     uv_close((uv_handle_t *)&w->stop_async, NULL);
     uv_close((uv_handle_t *)&w->reload_async, NULL);
+}
+
+static void stop_async_cb(uv_async_t *a)
+{
+    shutdown_worker(a->data);
+}
+
+/* Draining: idle keep-alive connections go now; connections in the middle
+ * of a request finish it and then close; streams and tunnels run until the
+ * deadline. */
+static void drain_tick(sg_worker_t *w)
+{
+    uint64_t now = uv_now(&w->loop);
+    sg_conn_t *c = w->conns;
+    while (c) {
+        sg_conn_t *next = c->next;
+        c->keep_alive = 0;
+        if (now >= w->drain_deadline || sg_conn_is_idle(c)) sg_conn_close(c);
+        c = next;
+    }
+    if (!w->conns) shutdown_worker(w);
+}
+
+static void begin_drain(sg_worker_t *w)
+{
+    w->draining = 1;
+    w->drain_deadline += uv_now(&w->loop); /* the mailbox carried the duration */
+    close_listeners(w);
+    drain_tick(w);
+}
+
+void sg_worker_drain(sg_worker_t *w, uint64_t deadline_ms)
+{
+    uv_mutex_lock(&w->mailbox_lock);
+    w->drain_requested = 1;
+    w->drain_deadline = deadline_ms;
+    uv_mutex_unlock(&w->mailbox_lock);
+    uv_async_send(&w->reload_async);
 }
 
 static void worker_main(void *arg)
 {
     sg_worker_t *w = arg;
+    char name[16];
+    snprintf(name, sizeof(name), "sandgate-w%u", w->index);
+    pthread_setname_np(pthread_self(), name); /* visible in /proc/<pid>/task/<tid>/comm */
     uv_run(&w->loop, UV_RUN_DEFAULT);
+    atomic_store(&w->exited_flag, 1);
+    if (w->exited) uv_async_send(w->exited);
 }
 
 int sg_worker_start(sg_worker_t *w)
@@ -171,10 +350,14 @@ void sg_worker_cleanup(sg_worker_t *w)
     uv_walk(&w->loop, close_walk_cb, NULL);
     uv_run(&w->loop, UV_RUN_DEFAULT);
     if (w->upstreams.buckets) sg_upstream_pool_close(&w->upstreams);
+    if (w->dns) sg_dns_source_close(w->dns);
+    w->dns = NULL;
+    if (w->shared.qsbr && w->qsbr_check.data) sg_qsbr_unregister(&w->qsbr_reader);
     uv_loop_close(&w->loop);
     sg_fwd_write_free_all(w);
     sg_buf_pool_destroy(&w->bufs);
     free(w->listeners);
+    sg_strbuf_free(&w->log_line);
     sg_snapshot_unref(w->mailbox);
     sg_snapshot_unref(w->snap);
     uv_mutex_destroy(&w->mailbox_lock);

@@ -6,22 +6,37 @@
 
 #include "config/config.h"
 #include "core/buf.h"
+#include "core/counter.h"
+#include "core/strbuf.h"
 #include "net/upstream.h"
+#include "core/qsbr.h"
+#include "route/dns.h"
 #include "route/lookup.h"
+#include "route/store.h"
 #include "tls/tls.h"
 #include <uv.h>
 
 typedef struct sg_conn_s sg_conn_t;
 typedef struct sg_fwd_write_s sg_fwd_write_t;
 
+#define SG_LATENCY_BUCKETS 12
+extern const uint64_t sg_latency_bounds_us[SG_LATENCY_BUCKETS];
+
 typedef struct {
-    uint64_t connections_accepted;
-    uint64_t connections_open;
-    uint64_t requests;
-    uint64_t responses_by_class[6]; /* index status/100 */
-    uint64_t errors[32];            /* by sg_err_t */
-    uint64_t bytes_in, bytes_out;   /* client side */
-    uint64_t tunnels_open;
+    sg_counter_t connections_accepted;
+    sg_counter_t connections_open;
+    sg_counter_t connections_rejected; /* over a listener's max_connections */
+    sg_counter_t requests;
+    sg_counter_t responses_by_class[6]; /* index status/100 */
+    sg_counter_t errors[32];            /* by sg_err_t */
+    sg_counter_t bytes_in, bytes_out;   /* client side */
+    sg_counter_t tunnels_open;
+    /* Latency histograms: per-bucket (not cumulative) counts, bucket upper
+     * bounds in sg_latency_bounds_us; sums in microseconds. */
+    sg_counter_t first_byte_hist[SG_LATENCY_BUCKETS + 1];
+    sg_counter_t total_hist[SG_LATENCY_BUCKETS + 1];
+    sg_counter_t first_byte_sum_us, total_sum_us;
+    sg_counter_t lookups[3][4]; /* [static, admin, dns][found, not found, failed, pending] */
 } sg_worker_stats_t;
 
 /* Everything a reload replaces, published as one immutable unit. Workers
@@ -43,10 +58,21 @@ void sg_snapshot_unref(sg_snapshot_t *s);
 
 typedef struct sg_worker_s sg_worker_t;
 
+/* What outlives snapshots and is shared by every worker. */
+typedef struct {
+    sg_qsbr_t *qsbr;   /* workers are its readers */
+    sg_store_t *store; /* admin store, NULL when not configured */
+} sg_shared_t;
+
+#define SG_KILL_QUEUE 64
+
 typedef struct {
     uv_tcp_t tcp;
     sg_worker_t *worker;
     int tls;
+    int proxy_protocol;       /* a PROXY v1/v2 header must precede each connection */
+    unsigned max_connections; /* per worker; 0 = unlimited */
+    unsigned open;            /* client connections open on this listener (this worker) */
     uint16_t port;
 } sg_listener_t;
 
@@ -62,6 +88,21 @@ struct sg_worker_s {
     sg_snapshot_t *mailbox; /* next snapshot, posted by main */
     sg_lookup_t lookup;
     sg_lookup_source_t static_source;
+    sg_lookup_source_t admin_source;
+    sg_dns_source_t *dns;
+    sg_shared_t shared;
+    sg_qsbr_reader_t qsbr_reader;
+    uv_check_t qsbr_check;
+    uv_timer_t qsbr_tick; /* keeps an idle loop iterating so frees are not held back */
+    /* sandbox ids whose connections must be cut (admin DELETE), posted by main */
+    char kill_ids[SG_KILL_QUEUE][SG_SANDBOX_ID_MAX + 1];
+    size_t n_kill_ids;
+    int kill_overflow;  /* too many at once: cut by re-checking every connection */
+    uv_async_t *exited; /* main's: signalled when this worker's loop has ended */
+    _Atomic int exited_flag;
+    int drain_requested;
+    int draining;
+    uint64_t drain_deadline;
     sg_buf_pool_t bufs;
     sg_upstream_pool_t upstreams;
     sg_listener_t *listeners;
@@ -72,12 +113,20 @@ struct sg_worker_s {
     sg_fwd_write_t *free_writes;
     sg_worker_stats_t stats;
     sg_tls_counters_t tls_stats;
+    sg_strbuf_t log_line; /* access-log line being built (reused) */
     int stopping;
 };
 
 /* Prepares the worker's loop and opens its listeners (on the calling thread,
  * so bind errors surface before serving starts). Returns 0 or a libuv error. */
-int sg_worker_init(sg_worker_t *w, unsigned index, sg_snapshot_t *snap);
+int sg_worker_init(sg_worker_t *w, unsigned index, sg_snapshot_t *snap, const sg_shared_t *shared);
+/* Thread-safe: cut every connection (streaming, tunnelled or pooled) of
+ * sandbox id, at once. */
+void sg_worker_post_kill(sg_worker_t *w, const char *id);
+/* Thread-safe: stop accepting, let requests in flight finish, close idle
+ * connections; after deadline_ms everything still open is closed and the
+ * loop ends. */
+void sg_worker_drain(sg_worker_t *w, uint64_t deadline_ms);
 /* Thread-safe: the worker switches to snap (reference taken here) for new
  * connections and requests. */
 void sg_worker_post_snapshot(sg_worker_t *w, sg_snapshot_t *snap);

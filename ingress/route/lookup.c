@@ -29,6 +29,7 @@ static int run_chain(sg_lookup_req_t *req, sg_err_t *err, sg_sandbox_t **out)
             continue;
         case SG_LOOKUP_PENDING:
             req->pending = 1;
+            req->pending_source = src;
             return 0;
         case SG_LOOKUP_FAILED:
             *err = SG_ERR_LOOKUP_FAILED;
@@ -57,14 +58,15 @@ int sg_lookup_start(sg_lookup_t *lk, sg_lookup_req_t *req, sg_slice_t id, sg_loo
 void sg_lookup_cancel(sg_lookup_req_t *req)
 {
     if (!req->pending) return;
-    sg_lookup_source_t *src = req->lookup->sources[req->source_index];
-    if (src->cancel) src->cancel(src, req);
+    sg_lookup_source_t *src = req->pending_source;
+    if (src && src->cancel) src->cancel(src, req);
     req->pending = 0;
 }
 
 void sg_lookup__source_done(sg_lookup_req_t *req, sg_lookup_result_t result, sg_sandbox_t *sb)
 {
     req->pending = 0;
+    req->pending_source = NULL;
     sg_err_t err = SG_ERR_NONE;
     sg_sandbox_t *out = NULL;
     if (result == SG_LOOKUP_FOUND) {
@@ -90,6 +92,9 @@ static sg_lookup_result_t static_start(sg_lookup_source_t *src, sg_lookup_req_t 
 
 void sg_lookup_static_init(sg_lookup_source_t *src, const sg_sandbox_table_t *table)
 {
-    *src = (sg_lookup_source_t){
-        .name = "static", .start = static_start, .cancel = NULL, .data = (void *)table};
+    *src = (sg_lookup_source_t){.name = "static",
+                                .start = static_start,
+                                .cancel = NULL,
+                                .data = (void *)table,
+                                .metric_index = 0};
 }

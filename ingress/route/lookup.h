@@ -34,6 +34,7 @@ struct sg_lookup_source_s {
     /* Forget a PENDING request; the source must not report it afterwards. */
     void (*cancel)(sg_lookup_source_t *src, sg_lookup_req_t *req);
     void *data;
+    unsigned metric_index; /* sg_source_kind_t, for per-source counters */
 };
 
 struct sg_lookup_req_s {
@@ -42,7 +43,8 @@ struct sg_lookup_req_s {
     void *data; /* caller's */
     char id[SG_SANDBOX_ID_MAX + 1];
     size_t id_len;
-    size_t source_index; /* source currently answering */
+    size_t source_index;                /* source currently answering */
+    sg_lookup_source_t *pending_source; /* the one to cancel (the chain may be rebuilt) */
     int pending;
 };
 

@@ -1,5 +1,7 @@
 #include "route/sandbox.h"
 
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -11,11 +13,26 @@ sg_sandbox_t *sg_sandbox_new(sg_slice_t id, const struct sockaddr_storage *addr,
     sb->id_len = id.len < SG_SANDBOX_ID_MAX ? id.len : SG_SANDBOX_ID_MAX;
     memcpy(sb->id, id.base, sb->id_len);
     sb->addr = *addr;
+    sb->source = "static";
     if (mask) {
         sb->mask = strdup(mask);
         if (!sb->mask) abort();
     }
     return sb;
+}
+
+void sg_sandbox_set_token(sg_sandbox_t *sb, sg_slice_t token)
+{
+    SHA256((const unsigned char *)token.base, token.len, sb->token_sha256);
+    sb->has_token = 1;
+}
+
+int sg_sandbox_token_ok(const sg_sandbox_t *sb, sg_slice_t token)
+{
+    if (!sb->has_token) return 1;
+    unsigned char digest[32];
+    SHA256((const unsigned char *)token.base, token.len, digest);
+    return CRYPTO_memcmp(digest, sb->token_sha256, sizeof(digest)) == 0;
 }
 
 void sg_sandbox_ref(sg_sandbox_t *sb)

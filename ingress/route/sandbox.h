@@ -13,12 +13,24 @@ typedef struct sg_sandbox_s {
     _Atomic int refs;
     char id[SG_SANDBOX_ID_MAX + 1];
     size_t id_len;
-    struct sockaddr_storage addr; /* port 0; the request supplies it */
-    char *mask;                   /* NULL: forward Host unchanged */
+    struct sockaddr_storage addr;   /* port 0; the request supplies it */
+    char *mask;                     /* NULL: forward Host unchanged */
+    int has_token;                  /* requests must carry the traffic access token */
+    unsigned char token_sha256[32]; /* SHA-256 of the token (the token itself is never kept) */
+    unsigned max_connections;       /* concurrent exchanges allowed; 0 = unlimited */
+    _Atomic unsigned active;        /* exchanges in flight now (all workers) */
+    const char *source;             /* "static", "admin" or "dns": metrics and logs */
 } sg_sandbox_t;
 
-/* Copies id/addr/mask; returns a record with one reference. */
+/* Copies id/addr/mask; returns a record with one reference and no token or
+ * limit (callers set has_token / token_sha256 / max_connections before
+ * publishing the record). */
 sg_sandbox_t *sg_sandbox_new(sg_slice_t id, const struct sockaddr_storage *addr, const char *mask);
+/* Marks the record private: requests must carry this token. Only its
+ * SHA-256 is kept. */
+void sg_sandbox_set_token(sg_sandbox_t *sb, sg_slice_t token);
+/* Constant-time check of a presented token against the record's hash. */
+int sg_sandbox_token_ok(const sg_sandbox_t *sb, sg_slice_t token);
 void sg_sandbox_ref(sg_sandbox_t *sb);
 void sg_sandbox_unref(sg_sandbox_t *sb);
 

@@ -206,7 +206,7 @@ static void pump(sg_tls_stream_t *s)
         if (r != 1) {
             int e = SSL_get_error(s->ssl, r);
             if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) return;
-            if (s->counters) s->counters->handshake_failures++;
+            if (s->counters) sg_counter_inc(&s->counters->handshake_failures);
             sg_log_debug("tls handshake failed: %s",
                          ERR_peek_last_error() ? ERR_reason_error_string(ERR_peek_last_error())
                                                : "peer closed");
@@ -217,8 +217,8 @@ static void pump(sg_tls_stream_t *s)
         s->base.server_name = SSL_get_servername(s->ssl, TLSEXT_NAMETYPE_host_name);
         if (!s->cert) s->cert = s->store->default_cert;
         if (s->counters) {
-            s->counters->handshakes++;
-            if (SSL_session_reused(s->ssl)) s->counters->resumed++;
+            sg_counter_inc(&s->counters->handshakes);
+            if (SSL_session_reused(s->ssl)) sg_counter_inc(&s->counters->resumed);
         }
         if (s->base.on_handshake) s->base.on_handshake(&s->base);
         if (s->base.closing) return;
@@ -265,7 +265,7 @@ static void tcp_read_cb(uv_stream_t *h, ssize_t nread, const uv_buf_t *ub)
     if (nread < 0) {
         if (b) sg_buf_unref(b);
         if (!s->handshake_done) {
-            if (s->counters && nread != UV_EOF) s->counters->handshake_failures++;
+            if (s->counters && nread != UV_EOF) sg_counter_inc(&s->counters->handshake_failures);
             fail(s, nread == UV_EOF ? UV_EOF : (int)nread);
             return;
         }
@@ -282,6 +282,23 @@ static void tcp_read_cb(uv_stream_t *h, ssize_t nread, const uv_buf_t *ub)
     if (nread == 0) {
         if (b) sg_buf_unref(b);
         return;
+    }
+    if (s->base.preamble) {
+        /* A PROXY header travels in clear before the ClientHello. */
+        size_t used = 0;
+        int r = sg_stream__preamble_feed(&s->base, b->data, (size_t)nread, &used);
+        if (r < 0) {
+            sg_buf_unref(b);
+            if (s->counters) sg_counter_inc(&s->counters->handshake_failures);
+            fail(s, UV_EPROTO);
+            return;
+        }
+        if (r == 0 || used == (size_t)nread) {
+            sg_buf_unref(b);
+            return;
+        }
+        memmove(b->data, b->data + used, (size_t)nread - used);
+        nread -= (ssize_t)used;
     }
     if (s->rx_len) {
         /* Unconsumed ciphertext remains (rare): join it with the new bytes. */
@@ -433,6 +450,7 @@ static void handle_closed(uv_handle_t *h)
     free(s->tx_ready);
     s->tx_ready = NULL;
     sg_tls_store_unref(s->store);
+    sg_stream__preamble_free(&s->base);
     if (s->base.close_cb) s->base.close_cb(&s->base);
 }
 

@@ -4,6 +4,7 @@
 #ifndef SG_TLS_TLS_H
 #define SG_TLS_TLS_H
 
+#include "core/counter.h"
 #include "net/stream.h"
 #include <stdatomic.h>
 #include <stddef.h>
@@ -40,9 +41,9 @@ size_t sg_tls_store_describe(const sg_tls_store_t *st, char *out, size_t cap);
 
 /* Counters a worker keeps for its TLS connections. */
 typedef struct {
-    uint64_t handshakes;
-    uint64_t handshake_failures; /* garbage, protocol refusal, timeouts excluded */
-    uint64_t resumed;
+    sg_counter_t handshakes;
+    sg_counter_t handshake_failures; /* garbage or protocol refusal; timeouts excluded */
+    sg_counter_t resumed;
 } sg_tls_counters_t;
 
 /* A server-side TLS stream over an accepted TCP socket. Same contracts as

@@ -47,7 +47,7 @@ class Leaf:
         return "<Leaf serial=%x names=%r>" % (self.serial, self.names)
 
 
-class TestCA:
+class ScratchCA:
     """A throw-away CA; issue() writes leaf files under `directory`."""
 
     def __init__(self, directory, name="sandgate test CA"):

@@ -163,6 +163,29 @@ static void check_defaults(const sg_config_t *c)
     assert_int_equal(c->tls.ticket_key_rotation_ms, 3600000);
     assert_int_equal(c->tls.expiry_warning_ms, 720ull * 3600000);
     assert_int_equal(c->tls.redirect_http, 0);
+    for (size_t i = 0; i < c->n_listens; i++) {
+        assert_int_equal(c->listens[i].proxy_protocol, 0);
+        assert_int_equal(c->listens[i].max_connections, 0);
+    }
+    assert_int_equal(c->log_json, 0);
+    assert_string_equal(c->access_log, "stdout");
+    assert_int_equal(c->drain_timeout_ms, 30000);
+    assert_string_equal(c->token_header, "X-Traffic-Access-Token");
+    assert_int_equal(c->admin.n_listens, 0);
+    assert_null(c->admin.listens);
+    assert_null(c->admin.token);
+    assert_null(c->admin.store_path);
+    assert_null(c->dns.zone);
+    assert_int_equal(c->dns.n_servers, 0);
+    assert_null(c->dns.servers);
+    assert_int_equal(c->dns.timeout_ms, 1000);
+    assert_int_equal(c->dns.tries, 2);
+    assert_int_equal(c->dns.ttl_min_ms, 5000);
+    assert_int_equal(c->dns.ttl_max_ms, 300000);
+    assert_int_equal(c->dns.negative_ttl_ms, 5000);
+    /* Neither admin nor dns is configured: only the static source is left. */
+    assert_int_equal(c->n_lookup_order, 1);
+    assert_int_equal(c->lookup_order[0], SG_SOURCE_STATIC);
 }
 
 static void test_defaults_empty_file(void **state)
@@ -189,6 +212,14 @@ static void test_defaults_empty_file(void **state)
     c = parse_ok("tls:\n  certificates:\n");
     check_defaults(c);
     assert_int_equal(c->n_sandboxes, 0);
+    sg_config_unref(c);
+    c = parse_ok("admin:\ndns: {}\n");
+    check_defaults(c);
+    sg_config_unref(c);
+    /* Empty lists and explicit nones for the optional settings. */
+    c = parse_ok("admin: {listen: [], token: ~, store: }\n"
+                 "dns: {zone: null, servers: []}\n");
+    check_defaults(c);
     sg_config_unref(c);
 }
 
@@ -1093,10 +1124,26 @@ static void test_cli_actions(void **state)
 
 static void test_usage_lists_every_flag(void **state)
 {
-    const char *flags[] = {"--config FILE", "--listen ADDR:PORT",       "--listen-tls ADDR:PORT",
-                           "--domain",      "--sandbox ID=ADDR[,mask=", "--workers N",
-                           "--log-level",   "--check-config",           "--version",
-                           "--help",        "--tls-cert CHAIN,KEY",     "--redirect-http"};
+    const char *flags[] = {"--config FILE",
+                           "--listen ADDR:PORT",
+                           "--listen-tls ADDR:PORT",
+                           "--domain",
+                           "--sandbox ID=ADDR[,mask=",
+                           "--workers N",
+                           "--log-level",
+                           "--check-config",
+                           "--version",
+                           "--help",
+                           "--tls-cert CHAIN,KEY",
+                           "--redirect-http",
+                           "--log-format FORMAT",
+                           "--access-log DEST",
+                           "--drain-timeout DURATION",
+                           "--admin-listen ADDR:PORT",
+                           "--admin-token TOKEN",
+                           "--admin-store PATH",
+                           "--dns-zone ZONE",
+                           "--dns-server ADDR[:PORT]"};
     for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++)
         if (!strstr(sg_config_usage, flags[i])) fail_msg("usage lacks %s", flags[i]);
 }
@@ -1425,6 +1472,558 @@ static void test_refcount(void **state)
     sg_config_unref(NULL);
 }
 
+/* ---- admin, dns, lookup_order, logging ------------------------------------- */
+
+static void test_new_keys(void **state)
+{
+    char *store = cwd_join("state/s.wal"), *alog = cwd_join("logs/access.log");
+    sg_config_t *c =
+        parse_ok("listen:\n"
+                 "  - \"127.0.0.1:80\"\n"
+                 "  - {address: \"[::]:81\", proxy_protocol: true}\n"
+                 "  - address: 10.0.0.1:82\n"
+                 "    max_connections: 10000000\n"
+                 "    proxy_protocol: no\n"
+                 "log_format: json\n"
+                 "access_log: logs/access.log\n"
+                 "drain_timeout: 0\n"
+                 "token_header: X-E2B_Token~1\n"
+                 "lookup_order: [dns, static, admin]\n"
+                 "admin:\n"
+                 "  listen:\n"
+                 "    - \"127.0.0.1:9901\"\n"
+                 "    - {address: \"[::1]:9902\", max_connections: 5}\n"
+                 "    - 0.0.0.0:9903\n"
+                 "  token: \"s3cr3t-T0ken/+=\"\n"
+                 "  store: state/s.wal\n"
+                 "dns:\n"
+                 "  zone: Sandboxes.Example.COM.\n"
+                 "  servers: [10.0.0.53, \"10.0.0.54:5353\", \"fd00::53\", \"[fd00::54]\","
+                 " \"[fd00::55]:5300\"]\n"
+                 "  timeout: 250ms\n"
+                 "  tries: 10\n"
+                 "  ttl_min: 0\n"
+                 "  ttl_max: 168h\n"
+                 "  negative_ttl: 1h\n");
+    assert_int_equal(c->n_listens, 3);
+    assert_int_equal(c->listens[0].proxy_protocol, 0);
+    assert_int_equal(c->listens[0].max_connections, 0);
+    assert_int_equal(c->listens[1].proxy_protocol, 1);
+    assert_int_equal(c->listens[1].tls, 0);
+    assert_int_equal(c->listens[2].proxy_protocol, 0);
+    assert_int_equal(c->listens[2].max_connections, 10000000);
+    assert_int_equal(c->log_json, 1);
+    assert_string_equal(c->access_log, alog); /* relative: against the file's directory */
+    assert_int_equal(c->drain_timeout_ms, 0);
+    assert_string_equal(c->token_header, "X-E2B_Token~1");
+    assert_int_equal(c->admin.n_listens, 3);
+    assert_string_equal(c->admin.listens[0].text, "127.0.0.1:9901");
+    assert_addr(&c->admin.listens[1].addr, AF_INET6, "::1", 9902);
+    assert_int_equal(c->admin.listens[1].max_connections, 5);
+    assert_int_equal(c->admin.listens[1].tls, 0);
+    assert_addr(&c->admin.listens[2].addr, AF_INET, "0.0.0.0", 9903);
+    assert_string_equal(c->admin.token, "s3cr3t-T0ken/+=");
+    assert_string_equal(c->admin.store_path, store);
+    assert_string_equal(c->dns.zone, "sandboxes.example.com");
+    assert_int_equal(c->dns.n_servers, 5);
+    assert_addr(&c->dns.servers[0], AF_INET, "10.0.0.53", 53);
+    assert_addr(&c->dns.servers[1], AF_INET, "10.0.0.54", 5353);
+    assert_addr(&c->dns.servers[2], AF_INET6, "fd00::53", 53);
+    assert_addr(&c->dns.servers[3], AF_INET6, "fd00::54", 53);
+    assert_addr(&c->dns.servers[4], AF_INET6, "fd00::55", 5300);
+    assert_int_equal(c->dns.timeout_ms, 250);
+    assert_int_equal(c->dns.tries, 10);
+    assert_int_equal(c->dns.ttl_min_ms, 0);
+    assert_int_equal(c->dns.ttl_max_ms, 168ull * 3600000);
+    assert_int_equal(c->dns.negative_ttl_ms, 3600000);
+    assert_int_equal(c->n_lookup_order, 3);
+    assert_int_equal(c->lookup_order[0], SG_SOURCE_DNS);
+    assert_int_equal(c->lookup_order[1], SG_SOURCE_STATIC);
+    assert_int_equal(c->lookup_order[2], SG_SOURCE_ADMIN);
+    sg_config_unref(c);
+
+    /* Keywords and absolute paths; ranges at their other ends. */
+    c = parse_ok("access_log: \"OFF\"\nlog_format: text\ndrain_timeout: 1h\n"
+                 "admin: {store: /var/lib/sg.wal}\n"
+                 "dns: {timeout: 60s, tries: 1, ttl_min: 24h, ttl_max: 24h, negative_ttl: 0}\n");
+    assert_string_equal(c->access_log, "off");
+    assert_int_equal(c->log_json, 0);
+    assert_int_equal(c->drain_timeout_ms, 3600000);
+    assert_string_equal(c->admin.store_path, "/var/lib/sg.wal");
+    assert_int_equal(c->dns.timeout_ms, 60000);
+    assert_int_equal(c->dns.tries, 1);
+    assert_int_equal(c->dns.ttl_max_ms, c->dns.ttl_min_ms);
+    sg_config_unref(c);
+    c = parse_ok("access_log: Stdout\n");
+    assert_string_equal(c->access_log, "stdout");
+    sg_config_unref(c);
+    c = parse_ok("access_log: ./off\n");
+    char *off = cwd_join("off");
+    assert_string_equal(c->access_log, off);
+    free(off);
+    sg_config_unref(c);
+    /* Paths follow the config file, like certificates. */
+    const char *yaml = "access_log: a.log\nadmin: {store: ../s.wal}\n";
+    char err[1024];
+    assert_int_equal(
+        sg_config_parse_text(yaml, strlen(yaml), "/etc/sg/sg.yaml", &c, err, sizeof(err)), 0);
+    assert_string_equal(c->access_log, "/etc/sg/a.log");
+    assert_string_equal(c->admin.store_path, "/etc/sg/../s.wal");
+    sg_config_unref(c);
+    free(store);
+    free(alog);
+}
+
+static void test_new_key_errors(void **state)
+{
+    static const struct {
+        const char *yaml;
+        size_t line;
+        const char *needle;
+    } cases[] = {
+        /* listen items */
+        {"listen:\n  - {address: 127.0.0.1:80, proxy_protocol: maybe}\n", 2,
+         "listen.proxy_protocol: expected true or false, got 'maybe'"},
+        {"listen:\n  - address: 127.0.0.1:80\n    max_connections: 10000001\n", 3,
+         "listen.max_connections: '10000001' is out of range 0..10000000"},
+        {"listen:\n  - address: 127.0.0.1:80\n    max_connections: -1\n", 3,
+         "listen.max_connections: expected a non-negative integer, got '-1'"},
+        {"listen:\n  - address: 127.0.0.1:80\n    max_connections: [1]\n", 3,
+         "listen.max_connections: expected a single value, got a list"},
+        {"listen:\n  - {address: 127.0.0.1:80, proxy: true}\n", 2,
+         "unknown key 'listen.proxy' (expected address, tls, proxy_protocol, max_connections)"},
+        /* logging, drain, token header */
+        {"workers: 1\nlog_format: JSON\n", 2, "log_format: expected text or json, got 'JSON'"},
+        {"log_format:\n", 1, "log_format: missing value"},
+        {"access_log: \"\"\n", 1, "access_log: value is empty"},
+        {"access_log:\n", 1, "access_log: missing value"},
+        {"access_log: [a]\n", 1, "access_log: expected a single value, got a list"},
+        {"drain_timeout: 61m\n", 1, "drain_timeout: '61m' is out of range 0s..1h"},
+        {"drain_timeout: soon\n", 1, "drain_timeout: bad duration 'soon'"},
+        {"token_header: \"X Token\"\n", 1, "token_header: 'X Token' is not a header name"},
+        {"token_header: \"X-Token:\"\n", 1, "'X-Token:' is not a header name"},
+        {"token_header: \"\"\n", 1, "token_header: value is empty"},
+        {"token_header:\n", 1, "token_header: missing value"},
+        /* lookup_order */
+        {"\nlookup_order: [static, cache]\n", 2,
+         "lookup_order: unknown source 'cache' (expected static, admin or dns)"},
+        {"lookup_order:\n  - dns\n  - Static\n", 3, "lookup_order: unknown source 'Static'"},
+        {"lookup_order:\n  - dns\n  - static\n  - dns\n", 4, "lookup_order: 'dns' is listed twice"},
+        {"lookup_order: []\n", 1, "lookup_order: needs at least one item"},
+        {"lookup_order:\n", 1, "lookup_order: needs at least one item"},
+        {"lookup_order: static\n", 1, "lookup_order: expected a list, got a single value"},
+        /* admin */
+        {"admin: [127.0.0.1:9901]\n", 1, "admin: expected a mapping, got a list"},
+        {"admin:\n  listen: 127.0.0.1:9901\n", 2, "admin.listen: expected a list"},
+        {"admin:\n  listen:\n    - localhost:9901\n", 3,
+         "admin.listen: 'localhost' is not an IPv4 address"},
+        {"admin:\n  listen:\n    - {address: 127.0.0.1:9901, tls: true}\n", 3,
+         "unknown key 'admin.listen.tls' (expected address, max_connections)"},
+        {"admin:\n  listen:\n    - address: 127.0.0.1:9901\n      proxy_protocol: true\n", 4,
+         "unknown key 'admin.listen.proxy_protocol'"},
+        {"admin:\n  listen:\n    - {address: 127.0.0.1:9901, max_connections: x}\n", 3,
+         "admin.listen.max_connections: expected a non-negative integer"},
+        {"admin:\n  listen:\n    - 127.0.0.1:9901\n    - 127.0.0.1:9901\n", 4,
+         "admin.listen: duplicate address '127.0.0.1:9901'"},
+        {"admin:\n  listen:\n    - {max_connections: 1}\n", 3,
+         "admin.listen: item lacks 'address'"},
+        {"admin:\n  token: \"\"\n", 2, "admin.token: value is empty"},
+        {"admin:\n  store: \"\"\n", 2, "admin.store: value is empty"},
+        {"admin:\n  store: [a]\n", 2, "admin.store: expected a single value, got a list"},
+        {"admin:\n  port: 9901\n", 2, "unknown key 'admin.port'"},
+        {"admin.token: x\n", 1, "unknown key 'admin.token'"},
+        /* dns */
+        {"dns:\n  zone: bad_zone.example\n", 2, "dns.zone: domain 'bad_zone.example' may only"},
+        {"dns:\n  zone: \"\"\n", 2, "dns.zone: value is empty"},
+        {"dns:\n  servers: 10.0.0.53\n", 2, "dns.servers: expected a list"},
+        {"dns:\n  servers:\n    - 10.0.0.53\n    - ns1.example.com\n", 4,
+         "dns.servers: 'ns1.example.com' is not an IPv4 or IPv6 address"},
+        {"dns:\n  servers: [\"10.0.0.53:0\"]\n", 2, "dns.servers: port in '10.0.0.53:0' must be"},
+        {"dns:\n  servers: [\"[fd00::53\"]\n", 2, "lacks the ']' closing the IPv6 address"},
+        {"dns:\n  servers: [\"\"]\n", 2, "dns.servers: server address is empty"},
+        {"dns:\n  servers:\n    - 10.0.0.53\n    - \"10.0.0.53:53\"\n", 4,
+         "dns.servers: duplicate server '10.0.0.53:53'"},
+        {"dns:\n  servers: [{a: b}]\n", 2, "dns.servers: expected a single value, got a mapping"},
+        {"dns:\n  timeout: 0\n", 2, "dns.timeout: '0' is out of range 1ms..1m"},
+        {"dns:\n  timeout: 61s\n", 2, "dns.timeout: '61s' is out of range 1ms..1m"},
+        {"dns:\n  tries: 0\n", 2, "dns.tries: '0' is out of range 1..10"},
+        {"dns:\n  tries: 11\n", 2, "dns.tries: '11' is out of range 1..10"},
+        {"dns:\n  ttl_min: 25h\n", 2, "dns.ttl_min: '25h' is out of range 0s..24h"},
+        {"dns:\n  ttl_max: 999ms\n", 2, "dns.ttl_max: '999ms' is out of range 1s..168h"},
+        {"dns:\n  ttl_max: 169h\n", 2, "dns.ttl_max: '169h' is out of range 1s..168h"},
+        {"dns:\n  negative_ttl: 2h\n", 2, "dns.negative_ttl: '2h' is out of range 0s..1h"},
+        {"dns:\n  zone: a.example\n  zone: b.example\n", 3,
+         "dns: duplicate key 'zone' (first at line 2)"},
+        /* whole-snapshot checks that know the file line */
+        {"workers: 1\ndns:\n  zone: sbx.example\n", 3,
+         "dns.zone 'sbx.example' needs at least one dns.servers entry"},
+        {"dns:\n  servers: []\n  zone: sbx.example\n", 3, "needs at least one dns.servers entry"},
+        {"dns:\n  ttl_min: 10m\n  ttl_max: 1m\n", 3, "dns.ttl_max (1m) is below dns.ttl_min (10m)"},
+        {"dns:\n  ttl_max: 1s\n", 2, "dns.ttl_max (1s) is below dns.ttl_min (5s)"},
+        {"\ndns:\n  ttl_min: 6m\n", 3, "dns.ttl_max (5m) is below dns.ttl_min (6m)"},
+        {"lookup_order: [dns, admin]\n", 1,
+         "lookup_order names no configured source (admin needs admin.listen or admin.store, "
+         "dns needs dns.zone)"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        parse_err(cases[i].yaml, cases[i].line, cases[i].needle);
+}
+
+/* Whole-snapshot errors that have no single line. */
+static void parse_err_exact(const char *yaml, const char *want)
+{
+    char err[2048] = "";
+    sg_config_t *c = (sg_config_t *)1;
+    if (sg_config_parse_text(yaml, strlen(yaml), "t.yaml", &c, err, sizeof(err)) != -1)
+        fail_msg("expected an error for:\n%s", yaml);
+    assert_null(c);
+    if (strcmp(err, want) != 0) fail_msg("for:\n%s\nwanted:\n%s\ngot:\n%s", yaml, want, err);
+}
+
+static void test_admin_token_and_loopback(void **state)
+{
+    parse_err_exact("admin:\n  listen: [\"0.0.0.0:9901\"]\n",
+                    "t.yaml: admin listener 0.0.0.0:9901 is not loopback and needs admin.token");
+    parse_err_exact("admin:\n  listen: [\"127.0.0.1:9901\", \"[::]:9901\", \"10.1.1.1:9901\"]\n",
+                    "t.yaml: admin listener [::]:9901 is not loopback and needs admin.token\n"
+                    "t.yaml: admin listener 10.1.1.1:9901 is not loopback and needs admin.token");
+    parse_err_exact("admin:\n  listen: [\"[::2]:9901\"]\n  token: ~\n",
+                    "t.yaml: admin listener [::2]:9901 is not loopback and needs admin.token");
+    parse_err_exact("admin:\n  listen: [\"127.0.0.1:8080\"]\n",
+                    "t.yaml: admin listener 127.0.0.1:8080 is also a proxy listener");
+    /* Loopback in every spelling needs no token. */
+    sg_config_t *c = parse_ok("admin:\n  listen: [\"127.0.0.1:9901\", \"127.254.0.9:9902\","
+                              " \"[::1]:9903\", \"[::ffff:127.0.0.1]:9904\"]\n");
+    assert_int_equal(c->admin.n_listens, 4);
+    assert_null(c->admin.token);
+    /* The admin source is configured now: [static, admin]. */
+    assert_int_equal(c->n_lookup_order, 2);
+    assert_int_equal(c->lookup_order[0], SG_SOURCE_STATIC);
+    assert_int_equal(c->lookup_order[1], SG_SOURCE_ADMIN);
+    sg_config_unref(c);
+    c = parse_ok("admin:\n  listen: [\"0.0.0.0:9901\", \"[::]:9902\"]\n  token: abc\n");
+    assert_string_equal(c->admin.token, "abc");
+    sg_config_unref(c);
+    /* The token is a credential: a bad one is not echoed. */
+    char err[1024];
+    const char *yaml = "admin:\n  token: \"hunter2 x\"\n";
+    assert_int_equal(sg_config_parse_text(yaml, strlen(yaml), "t.yaml", &c, err, sizeof(err)), -1);
+    assert_string_equal(
+        err, "t.yaml:2: admin.token: may only contain visible ASCII characters, no spaces");
+    yaml = "admin:\n  token: \"t\\u00e9\"\n";
+    assert_int_equal(sg_config_parse_text(yaml, strlen(yaml), "t.yaml", &c, err, sizeof(err)), -1);
+    assert_null(strstr(err, "t\xc3\xa9"));
+}
+
+static void test_lookup_order_resolution(void **state)
+{
+    static const struct {
+        const char *yaml;
+        sg_source_kind_t want[3];
+        size_t n;
+    } cases[] = {
+        {"", {SG_SOURCE_STATIC}, 1},
+        {"lookup_order: [dns, admin, static]\n", {SG_SOURCE_STATIC}, 1},
+        {"admin: {store: /s.wal}\n", {SG_SOURCE_STATIC, SG_SOURCE_ADMIN}, 2},
+        {"admin: {listen: [\"127.0.0.1:9901\"]}\n", {SG_SOURCE_STATIC, SG_SOURCE_ADMIN}, 2},
+        /* A token alone is not an admin source. */
+        {"admin: {token: t}\n", {SG_SOURCE_STATIC}, 1},
+        {"dns: {zone: z.example, servers: [10.0.0.53]}\n", {SG_SOURCE_STATIC, SG_SOURCE_DNS}, 2},
+        /* Servers alone are not a DNS source. */
+        {"dns: {servers: [10.0.0.53]}\n", {SG_SOURCE_STATIC}, 1},
+        {"admin: {store: /s.wal}\ndns: {zone: z.example, servers: [10.0.0.53]}\n",
+         {SG_SOURCE_STATIC, SG_SOURCE_ADMIN, SG_SOURCE_DNS},
+         3},
+        {"lookup_order: [dns, admin, static]\nadmin: {store: /s.wal}\n"
+         "dns: {zone: z.example, servers: [10.0.0.53]}\n",
+         {SG_SOURCE_DNS, SG_SOURCE_ADMIN, SG_SOURCE_STATIC},
+         3},
+        {"lookup_order: [dns, admin, static]\nadmin: {store: /s.wal}\n",
+         {SG_SOURCE_ADMIN, SG_SOURCE_STATIC},
+         2},
+        /* Leaving a configured source out is allowed: it is not asked. */
+        {"lookup_order: [admin]\nadmin: {store: /s.wal}\n"
+         "dns: {zone: z.example, servers: [10.0.0.53]}\n",
+         {SG_SOURCE_ADMIN},
+         1},
+        {"lookup_order: [dns, static]\nadmin: {store: /s.wal}\n", {SG_SOURCE_STATIC}, 1},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        sg_config_t *c = parse_ok(cases[i].yaml);
+        if (c->n_lookup_order != cases[i].n)
+            fail_msg("case %zu: %zu sources, wanted %zu", i, c->n_lookup_order, cases[i].n);
+        for (size_t j = 0; j < cases[i].n; j++)
+            if (c->lookup_order[j] != cases[i].want[j])
+                fail_msg("case %zu: source %zu is %s", i, j,
+                         sg_config__source_name(c->lookup_order[j]));
+        sg_config_unref(c);
+    }
+}
+
+static void test_dns_server_parser(void **state)
+{
+    static const struct {
+        const char *in;
+        int family; /* 0: rejected */
+        const char *ip;
+        int port;
+    } cases[] = {
+        {"10.0.0.53", AF_INET, "10.0.0.53", 53},
+        {"10.0.0.53:5353", AF_INET, "10.0.0.53", 5353},
+        {"::1", AF_INET6, "::1", 53},
+        {"fd00::1:53", AF_INET6, "fd00::1:53", 53}, /* bare IPv6: all address */
+        {"[fd00::1]", AF_INET6, "fd00::1", 53},
+        {"[fd00::1]:54", AF_INET6, "fd00::1", 54},
+        {"", 0, NULL, 0},
+        {"ns.example", 0, NULL, 0},
+        {"ns.example:53", 0, NULL, 0},
+        {"10.0.0.53:", 0, NULL, 0},
+        {"10.0.0.53:65536", 0, NULL, 0},
+        {"[fd00::1]:", 0, NULL, 0},
+        {"[fd00::1]x", 0, NULL, 0},
+        {"[10.0.0.1]:53", 0, NULL, 0},
+        {"10.0.0.256", 0, NULL, 0},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct sockaddr_storage ss;
+        char why[256] = "";
+        int rc = sg_config__parse_server(cases[i].in, &ss, why, sizeof(why));
+        if (cases[i].family == 0) {
+            if (rc != -1) fail_msg("server '%s' should be rejected", cases[i].in);
+            assert_true(why[0] != '\0');
+            continue;
+        }
+        if (rc != 0) fail_msg("server '%s' rejected: %s", cases[i].in, why);
+        assert_addr(&ss, cases[i].family, cases[i].ip, cases[i].port);
+        char text[64];
+        sg_config__format_server(&ss, text, sizeof(text));
+        struct sockaddr_storage back;
+        assert_int_equal(sg_config__parse_server(text, &back, why, sizeof(why)), 0);
+        assert_true(sg_config__sockaddr_eq(&ss, &back));
+    }
+}
+
+static void test_cli_new_flags(void **state)
+{
+    sg_config_t *c = NULL;
+    char err[1024];
+    char *store = cwd_join("s.wal"), *alog = cwd_join("a.log");
+    int rc = LOAD(&c, err, "--admin-listen", "127.0.0.1:9901", "--admin-listen=[::1]:9902",
+                  "--admin-token", "tok", "--admin-store", "s.wal", "--dns-zone", "Z.Example",
+                  "--dns-server", "10.0.0.53", "--dns-server=[fd00::53]:5353", "--access-log",
+                  "a.log", "--log-format", "json", "--drain-timeout", "2.5s");
+    if (rc != 0) fail_msg("%s", err);
+    assert_int_equal(c->admin.n_listens, 2);
+    assert_addr(&c->admin.listens[1].addr, AF_INET6, "::1", 9902);
+    assert_string_equal(c->admin.token, "tok");
+    assert_string_equal(c->admin.store_path, store); /* flags: the working directory */
+    assert_string_equal(c->dns.zone, "z.example");
+    assert_int_equal(c->dns.n_servers, 2);
+    assert_addr(&c->dns.servers[0], AF_INET, "10.0.0.53", 53);
+    assert_addr(&c->dns.servers[1], AF_INET6, "fd00::53", 5353);
+    assert_string_equal(c->access_log, alog);
+    assert_int_equal(c->log_json, 1);
+    assert_int_equal(c->drain_timeout_ms, 2500);
+    assert_int_equal(c->n_lookup_order, 3);
+    sg_config_unref(c);
+
+    /* Over a file: the first list flag replaces the file's list. */
+    char *path = temp_file("admin:\n"
+                           "  listen: [\"127.0.0.1:9901\", \"127.0.0.1:9902\"]\n"
+                           "  token: file-token\n"
+                           "dns:\n"
+                           "  zone: f.example\n"
+                           "  servers: [10.0.0.1, 10.0.0.2]\n"
+                           "access_log: off\n");
+    assert_int_equal(LOAD(&c, err, "--config", path, "--admin-listen", "0.0.0.0:9999",
+                          "--dns-server", "10.9.9.9", "--dns-server", "10.9.9.8"),
+                     0);
+    assert_int_equal(c->admin.n_listens, 1);
+    assert_string_equal(c->admin.listens[0].text, "0.0.0.0:9999"); /* file token covers it */
+    assert_string_equal(c->admin.token, "file-token");
+    assert_int_equal(c->dns.n_servers, 2);
+    assert_addr(&c->dns.servers[0], AF_INET, "10.9.9.9", 53);
+    assert_addr(&c->dns.servers[1], AF_INET, "10.9.9.8", 53);
+    assert_string_equal(c->dns.zone, "f.example");
+    assert_string_equal(c->access_log, "off");
+    sg_config_unref(c);
+    /* Without list flags the file's lists stay. */
+    assert_int_equal(LOAD(&c, err, "--config", path, "--dns-zone", "g.example"), 0);
+    assert_int_equal(c->admin.n_listens, 2);
+    assert_int_equal(c->dns.n_servers, 2);
+    assert_string_equal(c->dns.zone, "g.example");
+    sg_config_unref(c);
+    drop_file(path);
+
+    /* A file zone may get its servers from flags; without any, the error
+     * points at the file's line. */
+    path = temp_file("workers: 1\ndns:\n  zone: f.example\n");
+    assert_int_equal(LOAD(&c, err, "--config", path, "--dns-server", "10.0.0.53"), 0);
+    assert_int_equal(c->dns.n_servers, 1);
+    assert_int_equal(c->n_lookup_order, 2);
+    sg_config_unref(c);
+    char want[512];
+    assert_int_equal(LOAD(&c, err, "--config", path), -1);
+    snprintf(want, sizeof(want),
+             "%s:3: dns.zone 'f.example' needs at least one dns.servers entry (or --dns-server)",
+             path);
+    assert_string_equal(err, want);
+    /* ...unless a flag replaced the zone: then the flag is to blame. */
+    assert_int_equal(LOAD(&c, err, "--config", path, "--dns-zone", "h.example"), -1);
+    assert_string_equal(
+        err,
+        "sandgate: dns.zone 'h.example' needs at least one dns.servers entry (or --dns-server)");
+    drop_file(path);
+
+    /* Flag errors. */
+    static const struct {
+        const char *args[4];
+        const char *error;
+    } cases[] = {
+        {{"--admin-listen", "[::]:9901"},
+         "sandgate: admin listener [::]:9901 is not loopback and needs admin.token"},
+        {{"--admin-listen", "localhost:1"},
+         "sandgate: --admin-listen: 'localhost' is not an IPv4 address (use [..] for IPv6)"},
+        {{"--admin-listen", "127.0.0.1:1", "--admin-listen", "127.0.0.1:1"},
+         "sandgate: duplicate admin listen address '127.0.0.1:1'"},
+        {{"--admin-listen", "127.0.0.1:8080"},
+         "sandgate: admin listener 127.0.0.1:8080 is also a proxy listener"},
+        {{"--admin-token", "a b"},
+         "sandgate: --admin-token: may only contain visible ASCII characters, no spaces"},
+        {{"--admin-token="}, "sandgate: --admin-token: value is empty"},
+        {{"--admin-store="}, "sandgate: --admin-store: value is empty"},
+        {{"--dns-zone", "z.example"},
+         "sandgate: dns.zone 'z.example' needs at least one dns.servers entry (or --dns-server)"},
+        {{"--dns-zone", "a..b"},
+         "sandgate: --dns-zone: domain 'a..b' has an empty label or one that starts or ends with "
+         "'-'"},
+        {{"--dns-server", "ns.example"},
+         "sandgate: --dns-server: 'ns.example' is not an IPv4 or IPv6 address"},
+        {{"--dns-server", "10.0.0.1", "--dns-server", "10.0.0.1:53"},
+         "sandgate: duplicate dns server '10.0.0.1:53'"},
+        {{"--log-format", "xml"}, "sandgate: --log-format: expected text or json, got 'xml'"},
+        {{"--access-log="}, "sandgate: --access-log: value is empty"},
+        {{"--drain-timeout", "2h"}, "sandgate: --drain-timeout: '2h' is out of range 0s..1h"},
+        {{"--dns-server"}, "sandgate: --dns-server needs a value"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        const char *const *v = cases[i].args;
+        c = (sg_config_t *)1;
+        rc = load(&c, NULL, err, sizeof(err), v[0], v[1], v[2], v[3], (const char *)NULL);
+        if (rc != -1) fail_msg("case %zu (%s) should fail", i, v[0]);
+        assert_null(c);
+        if (strcmp(err, cases[i].error) != 0)
+            fail_msg("case %zu: wanted\n  %s\ngot\n  %s", i, cases[i].error, err);
+    }
+    free(store);
+    free(alog);
+}
+
+static void test_new_keys_dump_and_reload(void **state)
+{
+    const char *yaml = "listen:\n"
+                       "  - {address: \"127.0.0.1:80\", proxy_protocol: true, max_connections: 7}\n"
+                       "log_format: json\n"
+                       "access_log: /var/log/sg/access.log\n"
+                       "drain_timeout: 90s\n"
+                       "token_header: X-Tok\n"
+                       "lookup_order: [admin, dns, static]\n"
+                       "admin:\n"
+                       "  listen: [{address: \"[::]:9901\", max_connections: 3}]\n"
+                       "  token: \"a\\\"b\\\\c\"\n"
+                       "  store: /var/lib/sg/s.wal\n"
+                       "dns:\n"
+                       "  zone: z.example\n"
+                       "  servers: [10.0.0.53, \"[fd00::53]:5353\"]\n"
+                       "  timeout: 1500ms\n"
+                       "  tries: 3\n"
+                       "  ttl_min: 0\n"
+                       "  ttl_max: 1h\n"
+                       "  negative_ttl: 30s\n";
+    sg_config_t *a = parse_ok(yaml);
+    assert_string_equal(a->admin.token, "a\"b\\c");
+    char *text = sg_config_dump(a);
+    assert_non_null(strstr(text, "  - {address: \"127.0.0.1:80\", tls: false, proxy_protocol: true,"
+                                 " max_connections: 7}\n"));
+    assert_non_null(strstr(text, "\nlog_format: json\n"));
+    assert_non_null(strstr(text, "\naccess_log: \"/var/log/sg/access.log\"\n"));
+    assert_non_null(strstr(text, "\ndrain_timeout: 90s\n"));
+    assert_non_null(strstr(text, "\ntoken_header: \"X-Tok\"\n"));
+    assert_non_null(strstr(text, "\nlookup_order: [admin, dns, static]\n"));
+    assert_non_null(strstr(text, "\nadmin:\n  listen:\n"
+                                 "    - {address: \"[::]:9901\", max_connections: 3}\n"
+                                 "  token: \"a\\\"b\\\\c\"\n"
+                                 "  store: \"/var/lib/sg/s.wal\"\n"));
+    assert_non_null(strstr(text, "\ndns:\n  zone: \"z.example\"\n  servers:\n"
+                                 "    - \"10.0.0.53:53\"\n    - \"[fd00::53]:5353\"\n"
+                                 "  timeout: 1500ms\n  tries: 3\n  ttl_min: 0s\n  ttl_max: 1h\n"
+                                 "  negative_ttl: 30s\n"));
+    sg_config_t *b = parse_ok(text);
+    char *again = sg_config_dump(b);
+    assert_string_equal(strchr(text, '\n'), strchr(again, '\n'));
+    assert_null(sg_config_restart_key(a, b));
+    assert_int_equal(b->listens[0].proxy_protocol, 1);
+    assert_int_equal(b->listens[0].max_connections, 7);
+    assert_int_equal(b->admin.listens[0].max_connections, 3);
+    assert_string_equal(b->admin.token, a->admin.token);
+    assert_int_equal(b->dns.n_servers, 2);
+    assert_int_equal(b->n_lookup_order, 3);
+    assert_int_equal(b->lookup_order[0], SG_SOURCE_ADMIN);
+    free(text);
+    free(again);
+    sg_config_unref(b);
+    sg_config_unref(a);
+
+    /* Nones dump as ~ and read back as none. */
+    a = parse_ok("");
+    text = sg_config_dump(a);
+    assert_non_null(strstr(text, "\nadmin:\n  listen: []\n  token: ~\n  store: ~\n"));
+    assert_non_null(strstr(text, "\ndns:\n  zone: ~\n  servers: []\n"));
+    assert_non_null(strstr(text, "\nlookup_order: [static]\n"));
+    b = parse_ok(text);
+    check_defaults(b);
+    free(text);
+    sg_config_unref(a);
+    sg_config_unref(b);
+}
+
+static void test_new_keys_restart(void **state)
+{
+    const char *base = "admin: {listen: [\"127.0.0.1:9901\"], store: /a.wal}\n";
+    char yaml[1024];
+    sg_config_t *a = parse_ok(base), *b;
+    /* Reloadable: token, dns, lookup_order, logging, drain, token header. */
+    b = parse_ok("admin: {listen: [\"127.0.0.1:9901\"], store: /a.wal, token: t}\n"
+                 "dns: {zone: z.example, servers: [10.0.0.53], ttl_max: 1h}\n"
+                 "lookup_order: [dns, admin]\nlog_format: json\naccess_log: off\n"
+                 "drain_timeout: 1s\ntoken_header: X-T\n");
+    assert_null(sg_config_restart_key(a, b));
+    sg_config_unref(b);
+    static const struct {
+        const char *yaml;
+        const char *key;
+    } cases[] = {
+        {"admin: {listen: [\"127.0.0.1:9902\"], store: /a.wal}\n", "admin.listen"},
+        {"admin: {listen: [\"127.0.0.1:9901\", \"[::1]:9901\"], store: /a.wal}\n", "admin.listen"},
+        {"admin: {listen: [{address: \"127.0.0.1:9901\", max_connections: 1}], store: /a.wal}\n",
+         "admin.listen"},
+        {"admin: {store: /a.wal}\n", "admin.listen"},
+        {"admin: {listen: [\"127.0.0.1:9901\"], store: /b.wal}\n", "admin.store"},
+        {"admin: {listen: [\"127.0.0.1:9901\"]}\n", "admin.store"},
+        {"listen: [{address: \"127.0.0.1:8080\", proxy_protocol: true}]\n%s", "listen"},
+        {"listen: [{address: \"127.0.0.1:8080\", max_connections: 100}]\n%s", "listen"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        snprintf(yaml, sizeof(yaml), cases[i].yaml, base);
+        b = parse_ok(yaml);
+        const char *key = sg_config_restart_key(a, b);
+        if (!key || strcmp(key, cases[i].key) != 0)
+            fail_msg("case %zu: wanted %s, got %s", i, cases[i].key, key ? key : "(null)");
+        sg_config_unref(b);
+    }
+    sg_config_unref(a);
+}
+
 /* ---- shipped files stay in sync with the table ----------------------------- */
 
 static void test_example_file_and_keys_doc(void **state)
@@ -1443,10 +2042,13 @@ static void test_example_file_and_keys_doc(void **state)
         snprintf(pat, sizeof(pat), "%s:", leaf);
         if (!strstr(example, pat)) fail_msg("example lacks %s", pat);
     }
-    const char *flags[] = {"`--config",         "`--listen ", "`--listen-tls", "`--domain",
-                           "`--sandbox",        "`--workers", "`--log-level",  "`--check-config",
-                           "`--version",        "`--help",    "`--tls-cert",   "`--redirect-http",
-                           "`tls.certificates`"};
+    const char *flags[] = {
+        "`--config",          "`--listen ",     "`--listen-tls",  "`--domain",
+        "`--sandbox",         "`--workers",     "`--log-level",   "`--check-config",
+        "`--version",         "`--help",        "`--tls-cert",    "`--redirect-http",
+        "`tls.certificates`", "`--log-format",  "`--access-log",  "`--drain-timeout",
+        "`--admin-listen",    "`--admin-token", "`--admin-store", "`--dns-zone",
+        "`--dns-server"};
     for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++)
         if (!strstr(keys, flags[i])) fail_msg("README.md lacks %s", flags[i]);
     free(example);
@@ -1485,6 +2087,14 @@ int main(void)
         cmocka_unit_test(test_dump_round_trip),
         cmocka_unit_test(test_restart_key),
         cmocka_unit_test(test_refcount),
+        cmocka_unit_test(test_new_keys),
+        cmocka_unit_test(test_new_key_errors),
+        cmocka_unit_test(test_admin_token_and_loopback),
+        cmocka_unit_test(test_lookup_order_resolution),
+        cmocka_unit_test(test_dns_server_parser),
+        cmocka_unit_test(test_cli_new_flags),
+        cmocka_unit_test(test_new_keys_dump_and_reload),
+        cmocka_unit_test(test_new_keys_restart),
         cmocka_unit_test(test_example_file_and_keys_doc),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,848 @@
+/* The DNS lookup source: c-ares on a libuv loop, a per-worker cache and
+ * request coalescing. The TXT settings parser lives in dns_txt.c.
+ *
+ * Shape: one hash table of entries keyed by sandbox id. An entry is either
+ * in flight (PENDING: three c-ares queries outstanding and a list of waiting
+ * requests) or answered (FOUND with a record, or ABSENT) until it expires.
+ * Answered entries also sit on an age list (oldest first) for eviction. An
+ * expired entry is refreshed in place when the next request for it comes. */
+#include "route/dns.h"
+#include "core/log.h"
+
+#include <ares.h>
+#include <arpa/inet.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#define DNS_CLASS_IN 1
+#define DNS_TYPE_A 1
+#define DNS_TYPE_TXT 16
+#define DNS_TYPE_AAAA 28
+
+#define DNS_LABEL_MAX 63
+#define DNS_ZONE_MAX 189 /* 63 + '.' + 189 = 253, the longest name */
+#define DNS_MAX_ADDRS 32 /* addresses read per answer (the first one is used) */
+#define DNS_MIN_BUCKETS 64
+#define DNS_MAX_BUCKETS (1u << 20)
+
+typedef enum { ENTRY_PENDING, ENTRY_FOUND, ENTRY_ABSENT } entry_state_t;
+
+typedef struct dns_entry_s dns_entry_t;
+struct dns_entry_s {
+    dns_entry_t *chain;         /* hash bucket */
+    dns_entry_t *older, *newer; /* age list, answered entries only */
+    sg_dns_source_t *d;
+    entry_state_t state;
+    uint64_t hash;
+    uint64_t expires; /* loop time (ms), answered entries */
+    sg_sandbox_t *sb; /* ENTRY_FOUND: the cache's reference */
+
+    /* ENTRY_PENDING */
+    sg_lookup_req_t **waiters;
+    size_t n_waiters, cap_waiters;
+    unsigned outstanding; /* c-ares queries not answered yet */
+    int issuing;          /* inside issue(): answers are only recorded */
+    const char *failed;   /* first failure: which question */
+    int fail_status;      /* ... and the c-ares status */
+    int has_v4, has_v6;
+    struct in_addr v4;
+    struct in6_addr v6;
+    int64_t ttl_s; /* smallest A/AAAA TTL seen, -1 = none */
+    struct ares_txt_ext *txt;
+
+    size_t id_len;
+    char id[SG_SANDBOX_ID_MAX + 1];
+};
+
+typedef struct dns_poll_s {
+    uv_poll_t handle;
+    ares_socket_t fd;
+    sg_dns_source_t *d;
+    struct dns_poll_s *next;
+} dns_poll_t;
+
+/* Requests being told an answer. Cancel must reach them too: a callback may
+ * cancel another request of the same batch. Lives on complete()'s stack. */
+typedef struct dns_batch_s {
+    struct dns_batch_s *next;
+    sg_lookup_req_t **reqs;
+    size_t n;
+} dns_batch_t;
+
+struct sg_dns_source_s {
+    sg_lookup_source_t src;
+    uv_loop_t *loop;
+    ares_channel channel;
+    uv_timer_t timer;
+    dns_poll_t *polls;
+    unsigned open_handles; /* timer + polls; d is freed when the last one closes */
+    unsigned depth;        /* nesting of calls into c-ares */
+    int closing;           /* sg_dns_source_close was called */
+    int torn_down;         /* channel destroyed, entries freed, handles closing */
+
+    char *zone;
+    size_t zone_len;
+    uint64_t ttl_min_ms, ttl_max_ms, negative_ttl_ms;
+
+    dns_entry_t **buckets;
+    size_t n_buckets; /* power of two */
+    size_t n_entries; /* all, in flight included */
+    size_t n_cached;  /* answered, on the age list */
+    size_t max_entries;
+    dns_entry_t *oldest, *newest;
+    dns_batch_t *batches;
+    uint64_t hash_key[2];
+    sg_dns_stats_t stats;
+};
+
+/* ---- hashing: ids come from Host headers, so the hash is keyed (SipHash-1-3)
+ * to keep chosen ids from piling up in one bucket. */
+
+static uint64_t rotl64(uint64_t x, int b)
+{
+    return (x << b) | (x >> (64 - b));
+}
+
+#define SIPROUND                                                                                   \
+    do {                                                                                           \
+        v0 += v1, v1 = rotl64(v1, 13), v1 ^= v0, v0 = rotl64(v0, 32);                              \
+        v2 += v3, v3 = rotl64(v3, 16), v3 ^= v2;                                                   \
+        v0 += v3, v3 = rotl64(v3, 21), v3 ^= v0;                                                   \
+        v2 += v1, v1 = rotl64(v1, 17), v1 ^= v2, v2 = rotl64(v2, 32);                              \
+    } while (0)
+
+static uint64_t siphash13(const uint64_t key[2], const char *p, size_t len)
+{
+    uint64_t v0 = 0x736f6d6570736575ULL ^ key[0], v1 = 0x646f72616e646f6dULL ^ key[1];
+    uint64_t v2 = 0x6c7967656e657261ULL ^ key[0], v3 = 0x7465646279746573ULL ^ key[1];
+    uint64_t m;
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        m = 0;
+        for (int j = 7; j >= 0; j--) m = m << 8 | (unsigned char)p[i + (size_t)j];
+        v3 ^= m;
+        SIPROUND;
+        v0 ^= m;
+    }
+    m = (uint64_t)len << 56;
+    for (int j = 0; i + (size_t)j < len; j++)
+        m |= (uint64_t)(unsigned char)p[i + (size_t)j] << (8 * j);
+    v3 ^= m;
+    SIPROUND;
+    v0 ^= m;
+    v2 ^= 0xff;
+    SIPROUND;
+    SIPROUND;
+    SIPROUND;
+    return v0 ^ v1 ^ v2 ^ v3;
+}
+
+/* ---- the table */
+
+static dns_entry_t *table_find(const sg_dns_source_t *d, sg_slice_t id, uint64_t hash)
+{
+    for (dns_entry_t *e = d->buckets[hash & (d->n_buckets - 1)]; e; e = e->chain)
+        if (e->hash == hash && e->id_len == id.len && memcmp(e->id, id.base, id.len) == 0) return e;
+    return NULL;
+}
+
+static void table_grow(sg_dns_source_t *d)
+{
+    size_t n = d->n_buckets * 2;
+    dns_entry_t **b = calloc(n, sizeof(*b));
+    if (!b) return; /* longer chains, still correct */
+    for (size_t i = 0; i < d->n_buckets; i++) {
+        for (dns_entry_t *e = d->buckets[i], *next; e; e = next) {
+            next = e->chain;
+            e->chain = b[e->hash & (n - 1)];
+            b[e->hash & (n - 1)] = e;
+        }
+    }
+    free(d->buckets);
+    d->buckets = b;
+    d->n_buckets = n;
+}
+
+static void table_insert(sg_dns_source_t *d, dns_entry_t *e)
+{
+    if (d->n_entries >= d->n_buckets && d->n_buckets < DNS_MAX_BUCKETS) table_grow(d);
+    dns_entry_t **head = &d->buckets[e->hash & (d->n_buckets - 1)];
+    e->chain = *head;
+    *head = e;
+    d->n_entries++;
+}
+
+static void table_remove(sg_dns_source_t *d, dns_entry_t *e)
+{
+    dns_entry_t **pp = &d->buckets[e->hash & (d->n_buckets - 1)];
+    while (*pp != e) pp = &(*pp)->chain;
+    *pp = e->chain;
+    d->n_entries--;
+}
+
+static void age_push(sg_dns_source_t *d, dns_entry_t *e)
+{
+    e->newer = NULL;
+    e->older = d->newest;
+    if (d->newest)
+        d->newest->newer = e;
+    else
+        d->oldest = e;
+    d->newest = e;
+    d->n_cached++;
+}
+
+static void age_unlink(sg_dns_source_t *d, dns_entry_t *e)
+{
+    if (e->older)
+        e->older->newer = e->newer;
+    else
+        d->oldest = e->newer;
+    if (e->newer)
+        e->newer->older = e->older;
+    else
+        d->newest = e->older;
+    e->older = e->newer = NULL;
+    d->n_cached--;
+}
+
+static void entry_free(dns_entry_t *e)
+{
+    if (e->sb) sg_sandbox_unref(e->sb);
+    if (e->txt) ares_free_data(e->txt);
+    free(e->waiters);
+    free(e);
+}
+
+static void evict(sg_dns_source_t *d, dns_entry_t *e)
+{
+    age_unlink(d, e);
+    table_remove(d, e);
+    entry_free(e);
+}
+
+/* Called before an entry joins the age list. When full, drops every expired
+ * entry and then the oldest ones down to 15/16 of the bound, so the O(n)
+ * sweep runs at most once per n/16 insertions. */
+static void make_room(sg_dns_source_t *d)
+{
+    if (d->n_cached < d->max_entries) return;
+    uint64_t now = uv_now(d->loop);
+    for (dns_entry_t *e = d->oldest, *newer; e; e = newer) {
+        newer = e->newer;
+        if (now >= e->expires) evict(d, e);
+    }
+    size_t low = d->max_entries - d->max_entries / 16 - 1;
+    while (d->n_cached > low) evict(d, d->oldest);
+}
+
+static void add_waiter(dns_entry_t *e, sg_lookup_req_t *req)
+{
+    if (e->n_waiters == e->cap_waiters) {
+        size_t cap = e->cap_waiters ? e->cap_waiters * 2 : 4;
+        sg_lookup_req_t **w = realloc(e->waiters, cap * sizeof(*w));
+        if (!w) abort();
+        e->waiters = w;
+        e->cap_waiters = cap;
+    }
+    e->waiters[e->n_waiters++] = req;
+}
+
+/* ---- driving c-ares from the loop */
+
+static void teardown(sg_dns_source_t *d);
+static void on_timer(uv_timer_t *t);
+
+static void rearm_timer(sg_dns_source_t *d)
+{
+    struct timeval tv;
+    struct timeval *t = ares_timeout(d->channel, NULL, &tv);
+    if (!t) {
+        uv_timer_stop(&d->timer);
+        return;
+    }
+    uint64_t ms = (uint64_t)t->tv_sec * 1000 + ((uint64_t)t->tv_usec + 999) / 1000;
+    uv_timer_start(&d->timer, on_timer, ms, 0);
+}
+
+/* Every entry into c-ares goes through here so that a close requested from
+ * a callback (which runs inside ares_process_fd) waits until c-ares has
+ * returned before the channel is destroyed. */
+static void process(sg_dns_source_t *d, ares_socket_t rfd, ares_socket_t wfd)
+{
+    d->depth++;
+    ares_process_fd(d->channel, rfd, wfd);
+    d->depth--;
+    if (d->depth) return;
+    if (d->closing)
+        teardown(d);
+    else
+        rearm_timer(d);
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    process(t->data, ARES_SOCKET_BAD, ARES_SOCKET_BAD);
+}
+
+static void on_poll(uv_poll_t *h, int status, int events)
+{
+    dns_poll_t *p = h->data;
+    ares_socket_t rfd = ARES_SOCKET_BAD, wfd = ARES_SOCKET_BAD;
+    if (status < 0) {
+        /* libuv stopped the handle; let c-ares see the error on both sides */
+        rfd = wfd = p->fd;
+    } else {
+        if (events & UV_READABLE) rfd = p->fd;
+        if (events & UV_WRITABLE) wfd = p->fd;
+    }
+    process(p->d, rfd, wfd);
+}
+
+static void handle_closed(sg_dns_source_t *d)
+{
+    if (--d->open_handles == 0 && d->torn_down) free(d);
+}
+
+static void on_poll_closed(uv_handle_t *h)
+{
+    dns_poll_t *p = h->data;
+    sg_dns_source_t *d = p->d;
+    free(p);
+    handle_closed(d);
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    handle_closed(h->data);
+}
+
+static void poll_close(dns_poll_t *p)
+{
+    uv_close((uv_handle_t *)&p->handle, on_poll_closed);
+}
+
+/* c-ares tells which sockets it wants watched; (0, 0) means it is about to
+ * close the socket, so the handle is stopped now (uv_close stops at once,
+ * and a new socket may reuse the descriptor right away). */
+static void on_sock_state(void *data, ares_socket_t fd, int readable, int writable)
+{
+    sg_dns_source_t *d = data;
+    dns_poll_t **pp = &d->polls;
+    while (*pp && (*pp)->fd != fd) pp = &(*pp)->next;
+    dns_poll_t *p = *pp;
+    if (!readable && !writable) {
+        if (p) {
+            *pp = p->next;
+            poll_close(p);
+        }
+        return;
+    }
+    if (!p) {
+        p = calloc(1, sizeof(*p));
+        if (!p) abort();
+        int rc = uv_poll_init_socket(d->loop, &p->handle, fd);
+        if (rc) {
+            /* the query then times out and fails; nothing else to do */
+            sg_log_warn("dns: cannot watch socket %d: %s", (int)fd, uv_strerror(rc));
+            free(p);
+            return;
+        }
+        p->handle.data = p;
+        p->fd = fd;
+        p->d = d;
+        p->next = d->polls;
+        d->polls = p;
+        d->open_handles++;
+    }
+    uv_poll_start(&p->handle, (readable ? UV_READABLE : 0) | (writable ? UV_WRITABLE : 0), on_poll);
+}
+
+/* ---- answers */
+
+static void entry_fail(dns_entry_t *e, const char *what, int status)
+{
+    if (!e->failed) {
+        e->failed = what;
+        e->fail_status = status;
+    }
+}
+
+static void take_ttl(dns_entry_t *e, int ttl)
+{
+    int64_t t = ttl < 0 ? 0 : ttl;
+    if (e->ttl_s < 0 || t < e->ttl_s) e->ttl_s = t;
+}
+
+static void record_a(dns_entry_t *e, const unsigned char *abuf, int alen)
+{
+    struct ares_addrttl a[DNS_MAX_ADDRS];
+    int n = DNS_MAX_ADDRS;
+    int rc = ares_parse_a_reply(abuf, alen, NULL, a, &n);
+    if (rc == ARES_ENODATA) return;
+    if (rc != ARES_SUCCESS) {
+        entry_fail(e, "A", rc);
+        return;
+    }
+    for (int i = 0; i < n; i++) take_ttl(e, a[i].ttl);
+    if (n > 0) {
+        e->has_v4 = 1;
+        e->v4 = a[0].ipaddr;
+    }
+}
+
+static void record_aaaa(dns_entry_t *e, const unsigned char *abuf, int alen)
+{
+    struct ares_addr6ttl a[DNS_MAX_ADDRS];
+    int n = DNS_MAX_ADDRS;
+    int rc = ares_parse_aaaa_reply(abuf, alen, NULL, a, &n);
+    if (rc == ARES_ENODATA) return;
+    if (rc != ARES_SUCCESS) {
+        entry_fail(e, "AAAA", rc);
+        return;
+    }
+    for (int i = 0; i < n; i++) take_ttl(e, a[i].ttl);
+    if (n > 0) {
+        e->has_v6 = 1;
+        memcpy(&e->v6, &a[0].ip6addr, sizeof(e->v6));
+    }
+}
+
+static void record_txt(dns_entry_t *e, const unsigned char *abuf, int alen)
+{
+    struct ares_txt_ext *txt = NULL;
+    int rc = ares_parse_txt_reply_ext(abuf, alen, &txt);
+    if (rc == ARES_ENODATA) return;
+    if (rc != ARES_SUCCESS) {
+        entry_fail(e, "TXT", rc);
+        return;
+    }
+    e->txt = txt;
+}
+
+static void complete(sg_dns_source_t *d, dns_entry_t *e);
+
+static void on_answer(dns_entry_t *e, int qtype, int status, const unsigned char *abuf, int alen)
+{
+    sg_dns_source_t *d = e->d;
+    e->outstanding--;
+    /* Closing: the channel is being (or about to be) destroyed and the
+     * entries freed by teardown; nobody is told anything. */
+    if (d->closing) return;
+    const char *what = qtype == DNS_TYPE_A ? "A" : qtype == DNS_TYPE_AAAA ? "AAAA" : "TXT";
+    switch (status) {
+    case ARES_SUCCESS:
+        if (qtype == DNS_TYPE_A)
+            record_a(e, abuf, alen);
+        else if (qtype == DNS_TYPE_AAAA)
+            record_aaaa(e, abuf, alen);
+        else
+            record_txt(e, abuf, alen);
+        break;
+    case ARES_ENODATA:   /* NOERROR, no record of this type */
+    case ARES_ENOTFOUND: /* NXDOMAIN */
+        break;
+    default: /* timeout, SERVFAIL, REFUSED, malformed, ... */
+        entry_fail(e, what, status);
+        break;
+    }
+    if (e->outstanding == 0 && !e->issuing) complete(d, e);
+}
+
+static void on_a(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
+{
+    on_answer(arg, DNS_TYPE_A, status, abuf, alen);
+}
+
+static void on_aaaa(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
+{
+    on_answer(arg, DNS_TYPE_AAAA, status, abuf, alen);
+}
+
+static void on_txt(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
+{
+    on_answer(arg, DNS_TYPE_TXT, status, abuf, alen);
+}
+
+/* Builds the record from the three answers. Returns FOUND with *out holding
+ * a new reference, NOT_FOUND, or FAILED. */
+static sg_lookup_result_t build(sg_dns_source_t *d, dns_entry_t *e, sg_sandbox_t **out)
+{
+    if (e->failed) {
+        sg_log_warn("dns: %.*s.%s: %s query failed: %s", (int)e->id_len, e->id, d->zone, e->failed,
+                    ares_strerror(e->fail_status));
+        return SG_LOOKUP_FAILED;
+    }
+    if (!e->has_v4 && !e->has_v6) return SG_LOOKUP_NOT_FOUND;
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    if (e->has_v4) {
+        struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+        sin->sin_family = AF_INET;
+        sin->sin_addr = e->v4;
+    } else {
+        struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+        sin6->sin6_family = AF_INET6;
+        sin6->sin6_addr = e->v6;
+    }
+    sg_sandbox_t *sb = sg_sandbox_new(sg_slice(e->id, e->id_len), &ss, NULL);
+    sb->source = "dns";
+    for (struct ares_txt_ext *t = e->txt; t; t = t->next) {
+        const char *why = NULL;
+        if (sg_dns_apply_txt(sb, (const char *)t->txt, t->length, &why) != 0) {
+            sg_log_warn("dns: %.*s.%s: bad TXT setting, lookup fails: %s", (int)e->id_len, e->id,
+                        d->zone, why);
+            sg_sandbox_unref(sb);
+            return SG_LOOKUP_FAILED;
+        }
+    }
+    *out = sb;
+    return SG_LOOKUP_FOUND;
+}
+
+/* Turns a finished in-flight entry into a cache entry (or drops it on
+ * failure). Returns the result, with *out holding a reference for the
+ * caller when FOUND. e may be freed. */
+static sg_lookup_result_t settle(sg_dns_source_t *d, dns_entry_t *e, sg_sandbox_t **out)
+{
+    sg_sandbox_t *sb = NULL;
+    sg_lookup_result_t r = build(d, e, &sb);
+    if (e->txt) ares_free_data(e->txt);
+    e->txt = NULL;
+    if (r == SG_LOOKUP_FAILED) {
+        sg_counter_inc(&d->stats.failures);
+        table_remove(d, e);
+        entry_free(e);
+        return r;
+    }
+    make_room(d);
+    uint64_t now = uv_now(d->loop);
+    if (r == SG_LOOKUP_FOUND) {
+        uint64_t ttl_ms = (uint64_t)e->ttl_s * 1000;
+        if (ttl_ms > d->ttl_max_ms) ttl_ms = d->ttl_max_ms;
+        if (ttl_ms < d->ttl_min_ms) ttl_ms = d->ttl_min_ms;
+        e->state = ENTRY_FOUND;
+        e->sb = sb;
+        e->expires = now + ttl_ms;
+        sg_sandbox_ref(sb);
+        *out = sb;
+    } else {
+        e->state = ENTRY_ABSENT;
+        e->expires = now + d->negative_ttl_ms;
+    }
+    age_push(d, e);
+    return r;
+}
+
+/* Tells every waiter. Runs inside a c-ares callback; a waiter's callback may
+ * start or cancel lookups (cancel reaches the batch) or close the source
+ * (then the rest are dropped and teardown waits for process()). */
+static void complete(sg_dns_source_t *d, dns_entry_t *e)
+{
+    dns_batch_t b = {.next = d->batches, .reqs = e->waiters, .n = e->n_waiters};
+    e->waiters = NULL;
+    e->n_waiters = e->cap_waiters = 0;
+    sg_sandbox_t *sb = NULL;
+    sg_lookup_result_t r = settle(d, e, &sb); /* e may be gone */
+    d->batches = &b;
+    for (size_t i = 0; i < b.n && !d->closing; i++) {
+        sg_lookup_req_t *req = b.reqs[i];
+        if (!req) continue; /* cancelled by an earlier waiter's callback */
+        b.reqs[i] = NULL;
+        if (r == SG_LOOKUP_FOUND) sg_sandbox_ref(sb);
+        sg_lookup__source_done(req, r, r == SG_LOOKUP_FOUND ? sb : NULL);
+    }
+    dns_batch_t **pp = &d->batches;
+    while (*pp != &b) pp = &(*pp)->next;
+    *pp = b.next;
+    if (sb) sg_sandbox_unref(sb);
+    free(b.reqs);
+}
+
+/* Sends the three questions. c-ares may answer some at once (a bad name, no
+ * memory); those are recorded and the caller checks e->outstanding. */
+static void issue(sg_dns_source_t *d, dns_entry_t *e)
+{
+    char name[DNS_LABEL_MAX + 1 + DNS_ZONE_MAX + 1];
+    memcpy(name, e->id, e->id_len);
+    name[e->id_len] = '.';
+    memcpy(name + e->id_len + 1, d->zone, d->zone_len + 1);
+    e->state = ENTRY_PENDING;
+    e->failed = NULL;
+    e->fail_status = 0;
+    e->has_v4 = e->has_v6 = 0;
+    e->ttl_s = -1;
+    e->issuing = 1;
+    e->outstanding = 3;
+    d->depth++;
+    ares_query(d->channel, name, DNS_CLASS_IN, DNS_TYPE_A, on_a, e);
+    ares_query(d->channel, name, DNS_CLASS_IN, DNS_TYPE_AAAA, on_aaaa, e);
+    ares_query(d->channel, name, DNS_CLASS_IN, DNS_TYPE_TXT, on_txt, e);
+    d->depth--;
+    e->issuing = 0;
+    rearm_timer(d);
+}
+
+/* ---- the lookup source */
+
+static int is_label(sg_slice_t id)
+{
+    if (id.len == 0 || id.len > DNS_LABEL_MAX) return 0;
+    for (size_t i = 0; i < id.len; i++) {
+        unsigned char c = (unsigned char)id.base[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+static sg_lookup_result_t dns_start(sg_lookup_source_t *src, sg_lookup_req_t *req, sg_slice_t id,
+                                    sg_sandbox_t **out)
+{
+    sg_dns_source_t *d = src->data;
+    if (d->closing) return SG_LOOKUP_FAILED;
+    if (!is_label(id)) return SG_LOOKUP_NOT_FOUND;
+    uint64_t hash = siphash13(d->hash_key, id.base, id.len);
+    dns_entry_t *e = table_find(d, id, hash);
+    if (e && e->state == ENTRY_PENDING) {
+        add_waiter(e, req);
+        sg_counter_inc(&d->stats.coalesced);
+        return SG_LOOKUP_PENDING;
+    }
+    if (e && uv_now(d->loop) < e->expires) {
+        if (e->state == ENTRY_ABSENT) {
+            sg_counter_inc(&d->stats.negative_hits);
+            return SG_LOOKUP_NOT_FOUND;
+        }
+        sg_counter_inc(&d->stats.cache_hits);
+        sg_sandbox_ref(e->sb);
+        *out = e->sb;
+        return SG_LOOKUP_FOUND;
+    }
+    if (e) { /* expired: refresh in place; requests holding the record keep it */
+        age_unlink(d, e);
+        if (e->sb) sg_sandbox_unref(e->sb);
+        e->sb = NULL;
+    } else {
+        e = calloc(1, sizeof(*e));
+        if (!e) abort();
+        e->d = d;
+        e->hash = hash;
+        e->id_len = id.len;
+        memcpy(e->id, id.base, id.len);
+        table_insert(d, e);
+    }
+    sg_counter_inc(&d->stats.queries);
+    issue(d, e);
+    if (e->outstanding == 0) return settle(d, e, out); /* answered during issue() */
+    add_waiter(e, req);
+    return SG_LOOKUP_PENDING;
+}
+
+static void dns_cancel(sg_lookup_source_t *src, sg_lookup_req_t *req)
+{
+    sg_dns_source_t *d = src->data;
+    if (d->torn_down) return;
+    sg_slice_t id = sg_slice(req->id, req->id_len);
+    dns_entry_t *e = table_find(d, id, siphash13(d->hash_key, id.base, id.len));
+    if (e && e->state == ENTRY_PENDING) {
+        for (size_t i = 0; i < e->n_waiters; i++) {
+            if (e->waiters[i] != req) continue;
+            memmove(&e->waiters[i], &e->waiters[i + 1], (e->n_waiters - i - 1) * sizeof(req));
+            e->n_waiters--;
+            return;
+        }
+    }
+    for (dns_batch_t *b = d->batches; b; b = b->next) {
+        for (size_t i = 0; i < b->n; i++) {
+            if (b->reqs[i] == req) {
+                b->reqs[i] = NULL;
+                return;
+            }
+        }
+    }
+}
+
+/* ---- life cycle */
+
+static int check_zone(const char *zone, size_t *len)
+{
+    size_t n = strlen(zone);
+    if (n && zone[n - 1] == '.') n--;
+    if (n == 0 || n > DNS_ZONE_MAX) return -1;
+    size_t label = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)zone[i];
+        if (c == '.') {
+            if (label == 0) return -1;
+            label = 0;
+            continue;
+        }
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_'))
+            return -1;
+        if (++label > DNS_LABEL_MAX) return -1;
+    }
+    if (label == 0) return -1;
+    *len = n;
+    return 0;
+}
+
+static int set_servers(ares_channel ch, const sg_dns_conf_t *conf)
+{
+    struct ares_addr_port_node *nodes = calloc(conf->n_servers, sizeof(*nodes));
+    if (!nodes) return ARES_ENOMEM;
+    for (size_t i = 0; i < conf->n_servers; i++) {
+        const struct sockaddr_storage *ss = &conf->servers[i];
+        struct ares_addr_port_node *n = &nodes[i];
+        uint16_t port;
+        if (ss->ss_family == AF_INET) {
+            const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
+            n->family = AF_INET;
+            n->addr.addr4 = sin->sin_addr;
+            port = ntohs(sin->sin_port);
+        } else if (ss->ss_family == AF_INET6) {
+            const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
+            n->family = AF_INET6;
+            memcpy(&n->addr.addr6, &sin6->sin6_addr, sizeof(n->addr.addr6));
+            port = ntohs(sin6->sin6_port);
+        } else {
+            free(nodes);
+            return ARES_EBADFAMILY;
+        }
+        n->udp_port = n->tcp_port = port ? port : 53;
+        n->next = i + 1 < conf->n_servers ? &nodes[i + 1] : NULL;
+    }
+    int rc = ares_set_servers_ports(ch, nodes);
+    free(nodes);
+    return rc;
+}
+
+int sg_dns_source_new(uv_loop_t *loop, const sg_dns_conf_t *conf, sg_dns_source_t **out)
+{
+    size_t zone_len;
+    if (!conf || !conf->zone || conf->n_servers == 0 || !conf->servers) return UV_EINVAL;
+    if (check_zone(conf->zone, &zone_len) != 0) return UV_EINVAL;
+    for (size_t i = 0; i < conf->n_servers; i++) {
+        sa_family_t f = conf->servers[i].ss_family;
+        if (f != AF_INET && f != AF_INET6) return UV_EINVAL;
+    }
+
+    sg_dns_source_t *d = calloc(1, sizeof(*d));
+    if (!d) return UV_ENOMEM;
+    d->loop = loop;
+    d->zone = strndup(conf->zone, zone_len);
+    d->zone_len = zone_len;
+    d->n_buckets = DNS_MIN_BUCKETS;
+    d->buckets = calloc(d->n_buckets, sizeof(*d->buckets));
+    if (!d->zone || !d->buckets) {
+        free(d->zone);
+        free(d->buckets);
+        free(d);
+        return UV_ENOMEM;
+    }
+    d->ttl_min_ms = conf->ttl_min_ms;
+    d->ttl_max_ms = conf->ttl_max_ms;
+    d->negative_ttl_ms = conf->negative_ttl_ms;
+    d->max_entries = SG_DNS_CACHE_MAX;
+    if (getrandom(d->hash_key, sizeof(d->hash_key), GRND_NONBLOCK) != sizeof(d->hash_key)) {
+        uint64_t t = uv_hrtime();
+        d->hash_key[0] = t ^ (uint64_t)(uintptr_t)d;
+        d->hash_key[1] = t * 0x9e3779b97f4a7c15ULL;
+    }
+
+    /* Only our servers, only the exact name: no search list, no aliases,
+     * no resolv.conf (an empty file instead), no hosts file. */
+    char lookups[] = "b";
+    struct ares_options o;
+    memset(&o, 0, sizeof(o));
+    o.flags = ARES_FLAG_NOSEARCH | ARES_FLAG_NOALIASES;
+    o.timeout = conf->timeout_ms == 0          ? 1
+                : conf->timeout_ms > INT32_MAX ? INT32_MAX
+                                               : (int)conf->timeout_ms;
+    o.tries = conf->tries == 0 ? 1 : conf->tries > 100 ? 100 : (int)conf->tries;
+    o.domains = NULL;
+    o.ndomains = 0;
+    o.lookups = lookups;
+    o.sock_state_cb = on_sock_state;
+    o.sock_state_cb_data = d;
+    o.resolvconf_path = (char *)"/dev/null";
+    int mask = ARES_OPT_FLAGS | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES | ARES_OPT_DOMAINS |
+               ARES_OPT_LOOKUPS | ARES_OPT_SOCK_STATE_CB | ARES_OPT_NOROTATE | ARES_OPT_RESOLVCONF;
+    int rc = ares_init_options(&d->channel, &o, mask);
+    if (rc == ARES_SUCCESS) {
+        rc = set_servers(d->channel, conf);
+        if (rc != ARES_SUCCESS) ares_destroy(d->channel);
+    }
+    if (rc != ARES_SUCCESS) {
+        free(d->zone);
+        free(d->buckets);
+        free(d);
+        return rc == ARES_ENOMEM ? UV_ENOMEM : rc == ARES_EBADFAMILY ? UV_EINVAL : UV_EIO;
+    }
+
+    uv_timer_init(loop, &d->timer);
+    d->timer.data = d;
+    d->open_handles = 1;
+    d->src =
+        (sg_lookup_source_t){.name = "dns", .start = dns_start, .cancel = dns_cancel, .data = d};
+    *out = d;
+    return 0;
+}
+
+sg_lookup_source_t *sg_dns_source_lookup(sg_dns_source_t *d)
+{
+    return &d->src;
+}
+
+const sg_dns_stats_t *sg_dns_source_stats(const sg_dns_source_t *d)
+{
+    return &d->stats;
+}
+
+/* Runs outside any c-ares call. ares_destroy answers every query with
+ * ARES_EDESTRUCTION (on_answer ignores them while closing) and reports its
+ * sockets closed; then the entries go and the handles close. */
+static void teardown(sg_dns_source_t *d)
+{
+    d->torn_down = 1;
+    ares_destroy(d->channel);
+    d->channel = NULL;
+    for (size_t i = 0; i < d->n_buckets; i++) {
+        for (dns_entry_t *e = d->buckets[i], *next; e; e = next) {
+            next = e->chain;
+            entry_free(e);
+        }
+    }
+    free(d->buckets);
+    d->buckets = NULL;
+    d->oldest = d->newest = NULL;
+    d->n_entries = d->n_cached = 0;
+    while (d->polls) {
+        dns_poll_t *p = d->polls;
+        d->polls = p->next;
+        poll_close(p);
+    }
+    free(d->zone);
+    d->zone = NULL;
+    uv_close((uv_handle_t *)&d->timer, on_timer_closed);
+}
+
+void sg_dns_source_close(sg_dns_source_t *d)
+{
+    if (d->closing) return;
+    d->closing = 1;
+    if (d->depth == 0) teardown(d);
+}
+
+void sg_dns_source__set_max_entries(sg_dns_source_t *d, size_t max_entries)
+{
+    d->max_entries = max_entries ? max_entries : 1;
+}
+
+size_t sg_dns_source__cached(const sg_dns_source_t *d)
+{
+    return d->n_cached;
+}
