@@ -166,6 +166,12 @@ static int reload(void *ctx, char *out, size_t outlen)
         return -1;
     }
     sg_log_set_level((sg_log_level_t)cfg->log_level);
+    sg_log_set_json(cfg->log_json);
+    const char *old_log = m->snap->config->access_log, *new_log = cfg->access_log;
+    if ((old_log == NULL) != (new_log == NULL) || (old_log && strcmp(old_log, new_log) != 0)) {
+        int arc = sg_accesslog_open(new_log);
+        if (arc) sg_log_error("access log %s: %s", new_log, strerror(-arc));
+    }
     if (cfg->tls.ticket_key_rotation_ms != m->snap->config->tls.ticket_key_rotation_ms)
         uv_timer_start(&m->ticket_timer, on_ticket_timer, cfg->tls.ticket_key_rotation_ms,
                        cfg->tls.ticket_key_rotation_ms);

@@ -209,6 +209,7 @@ static void next_request(sg_conn_t *c)
     if (c->req_head.len) {
         sg_conn_arm_timer(c, SG_TIMER_HEAD, c->w->config->timeouts.request_head_ms);
         c->in_request = 1;
+        c->t_start = uv_hrtime();
         head_input(c);
     } else {
         sg_conn_arm_timer(c, SG_TIMER_KEEPALIVE, c->w->config->timeouts.keepalive_idle_ms);
@@ -266,11 +267,11 @@ void sg_conn_send_error(sg_conn_t *c, sg_err_t err, const char *detail, int port
     sg_errpage_render(&c->res_out, &page, html, keep, c->head_method);
     c->status = sg_err_status(err);
     if (!c->req_bytes_in) c->req_bytes_in = c->req_head.len;
-    sg_conn_observe(c, err);
     sg_log_debug("conn %s: %d %s", c->client_addr, c->status, sg_err_name(err));
     c->res_started = c->res_done = 1;
     c->req_done = c->req.message_done;
     sg_relay_write_strbuf(c, 0, &c->res_out);
+    sg_conn_observe(c, err);
     c->state = keep ? SG_CONN_HEAD : SG_CONN_LINGER;
     c->awaiting_flush = keep;
     sg_conn_arm_timer(c, SG_TIMER_FLUSH, c->w->config->timeouts.stream_idle_ms);
@@ -299,6 +300,7 @@ static void client_read_cb(sg_stream_t *s, ssize_t nread, sg_buf_t *buf)
         if (c->awaiting_flush) break; /* previous response still flushing */
         if (c->timer_kind == SG_TIMER_KEEPALIVE)
             sg_conn_arm_timer(c, SG_TIMER_HEAD, c->w->config->timeouts.request_head_ms);
+        if (!c->in_request) c->t_start = uv_hrtime();
         c->in_request = 1;
         sg_strbuf_append(&c->req_head, buf->data, (size_t)nread);
         head_input(c);
@@ -638,8 +640,8 @@ static void send_redirect(sg_conn_t *c)
     c->status = 308;
     c->res_started = c->res_done = 1;
     c->req_done = c->req.message_done;
-    sg_conn_observe(c, SG_ERR_NONE);
     sg_relay_write_strbuf(c, 0, b);
+    sg_conn_observe(c, SG_ERR_NONE);
     int keep = c->keep_alive && c->req.message_done;
     c->state = keep ? SG_CONN_HEAD : SG_CONN_LINGER;
     c->awaiting_flush = keep;
@@ -650,7 +652,6 @@ static void on_request_head(sg_conn_t *c)
 {
     sg_worker_t *w = c->w;
     sg_counter_inc(&w->stats.requests);
-    c->t_start = uv_hrtime();
     sg_h1_request_view(&c->req, c->req_head.base, &c->request);
     const sg_http_request_t *r = &c->request;
     c->keep_alive = llhttp_should_keep_alive(&c->req.llhttp) != 0;

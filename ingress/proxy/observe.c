@@ -26,9 +26,13 @@ static void field_str(sg_strbuf_t *b, const char *name, const char *s, size_t le
     sg_strbuf_append(b, "\"", 1);
 }
 
-static double ms_between(uint64_t from, uint64_t to)
+/* Milliseconds between two stages, or null when a stage was not reached. */
+static void field_ms(sg_strbuf_t *b, const char *name, uint64_t from, uint64_t to)
 {
-    return from && to >= from ? (double)(to - from) / 1e6 : -1;
+    if (from && to >= from)
+        sg_strbuf_appendf(b, ",\"%s\":%.3f", name, (double)(to - from) / 1e6);
+    else
+        sg_strbuf_appendf(b, ",\"%s\":null", name);
 }
 
 void sg_conn_observe(sg_conn_t *c, sg_err_t err)
@@ -74,9 +78,9 @@ void sg_conn_observe(sg_conn_t *c, sg_err_t err)
     sg_strbuf_appendf(b, ",\"status\":%d,\"bytes_in\":%llu,\"bytes_out\":%llu", status,
                       (unsigned long long)c->req_bytes_in, (unsigned long long)c->req_bytes_out);
     field_str(b, "upstream", c->upstream_addr, strlen(c->upstream_addr));
-    sg_strbuf_appendf(b, ",\"connect_ms\":%.3f,\"first_byte_ms\":%.3f,\"total_ms\":%.3f",
-                      ms_between(c->t_start, c->t_connected),
-                      ms_between(c->t_start, c->t_first_byte), ms_between(c->t_start, now));
+    field_ms(b, "connect_ms", c->t_start, c->t_connected);
+    field_ms(b, "first_byte_ms", c->t_start, c->t_first_byte);
+    field_ms(b, "total_ms", c->t_start, now);
     field_str(b, "error", err == SG_ERR_NONE ? "" : sg_err_name(err),
               err == SG_ERR_NONE ? 0 : strlen(sg_err_name(err)));
     sg_strbuf_append(b, "}\n", 2);

@@ -284,8 +284,7 @@ int sg_store_open(const char *path, sg_qsbr_t *qsbr, sg_store_t **out, char *err
     atomic_init(&st->table, t);
     *out = st;
     if (path) {
-        sg_log_info("admin store %s: %zu sandboxes, %zu log lines", path, t->count,
-                    st->log_lines);
+        sg_log_info("admin store %s: %zu sandboxes, %zu log lines", path, t->count, st->log_lines);
         sg_store__wal_maybe_compact(st);
     }
     return 0;
@@ -386,8 +385,7 @@ size_t sg_store_log_lines(const sg_store_t *st)
     return st->log_lines;
 }
 
-size_t sg_store_list(sg_store_t *st, const char *after, size_t limit, sg_sandbox_t **out,
-                     int *more)
+size_t sg_store_list(sg_store_t *st, const char *after, size_t limit, sg_sandbox_t **out, int *more)
 {
     size_t pos = after && *after ? sorted_bound(st, sg_slice_cstr(after), 1) : 0;
     size_t n = st->n_sorted - pos < limit ? st->n_sorted - pos : limit;

@@ -24,18 +24,18 @@ struct sg_store_s {
     char pad_after_[SG_QSBR_CACHE_LINE - sizeof(void *)];
 
     /* Writer-only from here on. */
-    sg_qsbr_t *qsbr;        /* NULL: no concurrent readers */
-    sg_sandbox_t **sorted;  /* live records in id order, for listing and compaction */
+    sg_qsbr_t *qsbr;       /* NULL: no concurrent readers */
+    sg_sandbox_t **sorted; /* live records in id order, for listing and compaction */
     size_t n_sorted, cap_sorted;
-    sg_strbuf_t line;       /* scratch for encoding log lines */
+    sg_strbuf_t line; /* scratch for encoding log lines */
 
-    char *path;    /* NULL: memory only */
-    char *dir;     /* path's directory, fsync'd after create/rename */
-    int fd;        /* log, O_APPEND, flock'd; -1 when memory only */
+    char *path; /* NULL: memory only */
+    char *dir;  /* path's directory, fsync'd after create/rename */
+    int fd;     /* log, O_APPEND, flock'd; -1 when memory only */
     off_t log_size;
     size_t log_lines;
     size_t compact_retry_at; /* after a failed compaction: next try at this many lines */
-    int broken;    /* a write or fsync failed: refuse writes (-EIO) */
+    int broken;              /* a write or fsync failed: refuse writes (-EIO) */
 };
 
 /* FNV-1a over the id bytes. */

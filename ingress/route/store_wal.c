@@ -131,8 +131,7 @@ int sg_store__encode_put(sg_strbuf_t *out, const sg_sandbox_t *rec)
     }
     json_t *o = json_object();
     if (!o) abort();
-    int bad = set(o, "op", json_string("put")) |
-              set(o, "id", json_stringn(rec->id, rec->id_len)) |
+    int bad = set(o, "op", json_string("put")) | set(o, "id", json_stringn(rec->id, rec->id_len)) |
               set(o, "address", json_string(addr)) |
               set(o, "mask", rec->mask ? json_string(rec->mask) : json_null()) |
               set(o, "token_sha256", rec->has_token ? json_string(hex) : json_null()) |
@@ -270,7 +269,8 @@ out:
 
 /* ---- file helpers -------------------------------------------------------- */
 
-static void errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void errf(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static void errf(char *err, size_t errlen, const char *fmt, ...)
 {
     if (!err || !errlen) return;
@@ -321,7 +321,9 @@ static int sync_dir(const char *dir)
 static char *dir_of(const char *path)
 {
     const char *slash = strrchr(path, '/');
-    char *d = slash == path ? strdup("/") : slash ? strndup(path, (size_t)(slash - path)) : strdup(".");
+    char *d = slash == path ? strdup("/")
+              : slash       ? strndup(path, (size_t)(slash - path))
+                            : strdup(".");
     if (!d) abort();
     return d;
 }
@@ -438,8 +440,8 @@ int sg_store__wal_open(sg_store_t *st, sg_store_table_t **t, char *err, size_t e
         const char *line = buf + off;
         const char *nl = memchr(line, '\n', len - off);
         if (!nl) {
-            sg_log_warn("%s:%zu: torn last line (no newline, %zu bytes): dropped", st->path,
-                        lineno, len - off);
+            sg_log_warn("%s:%zu: torn last line (no newline, %zu bytes): dropped", st->path, lineno,
+                        len - off);
             break;
         }
         size_t n = (size_t)(nl - line);
@@ -509,8 +511,8 @@ int sg_store__wal_append(sg_store_t *st, const char *line, size_t len)
          * data on disk. Only a reopen (replaying what is really there)
          * tells the truth. */
         st->broken = 1;
-        sg_log_error("admin store %s: fdatasync: %s (store now read-only until reopened)",
-                     st->path, strerror(-r));
+        sg_log_error("admin store %s: fdatasync: %s (store now read-only until reopened)", st->path,
+                     strerror(-r));
         return r;
     }
     st->log_size += (off_t)len;
@@ -582,7 +584,6 @@ void sg_store__wal_maybe_compact(sg_store_t *st)
         sg_log_warn("admin store %s: compaction failed: %s", st->path, strerror(-r));
     } else {
         st->compact_retry_at = 0;
-        sg_log_info("admin store %s: compacted %zu lines to %zu", st->path, before,
-                    st->log_lines);
+        sg_log_info("admin store %s: compacted %zu lines to %zu", st->path, before, st->log_lines);
     }
 }

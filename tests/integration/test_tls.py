@@ -233,6 +233,11 @@ def test_sni_picks_exact_then_wildcard_then_default(tls_factory, ca, backends, t
     r = tls_get(sg, ctx, exact_name, sg.tls_host(a.port))
     assert r.status == 200, r
     assert r.json()["backend"] == "abc"
+    # without SNI the default certificate stands for the connection: it does
+    # not cover the sandbox host, so that is misdirected
+    r = tls_get(sg, loose, None, sg.tls_host(a.port), target="/echo?nosni=1")
+    assert r.status == 421 and r.error_name == "misdirected", r
+    assert b"nosni=1" not in a.raw_all()
 
 
 def test_tls_cert_flags_first_is_default(tls_factory, ca, backends):
@@ -515,6 +520,19 @@ def test_redirect_http_308_to_https(tls_factory, ca, backends, how):
     assert r.status == 200 and r.json()["target"] == "/echo?tls=1", r
 
 
+def test_redirect_http_keeps_path_of_absolute_form_target(tls_factory, ca, backends):
+    """An absolute-form request line (as proxies send) redirects to the same
+    path and query as the origin-form one."""
+    a, _ = backends
+    sg = tls_factory(tls_config([ca.issue(["*.sandbox.test"])], tls={"redirect_http": True}))
+    host = "%d-abc.sandbox.test:%d" % (a.port, sg.port)
+    with Conn(sg.port) as c:
+        r = c.request("GET", "http://%s/some/path?q=1" % host, host=host)
+    assert r.status == 308, r
+    assert r.header("Location") == "https://%d-abc.sandbox.test:%d/some/path?q=1" % (a.port, sg.tls_port), r
+    assert a.raw_all() == b""
+
+
 # ---------------------------------------------------------------------------
 # reload
 
@@ -569,6 +587,28 @@ def test_reload_keeps_open_websocket_and_serves_new_certificate(tls_factory, ca,
     finally:
         c.close()
     assert ws_backend.messages == 3
+
+
+def test_reload_adds_domain_and_its_certificate(tls_factory, ca, backends):
+    """A reload that adds a domain may add a certificate for it: the new
+    certificate is checked against the new domain list."""
+    a, _ = backends
+    first = ca.issue(["*.sandbox.test"], "first")
+    sg = tls_factory(tls_config([first]))
+    ctx = ca.client_context()
+    # before: other.test is no domain of ours
+    r = tls_get(sg, ctx, "%d-abc.sandbox.test" % a.port, sg.tls_host(a.port, domain="other.test"))
+    assert r.status == 421 and r.error_name == "host_unknown_domain", r
+    other = ca.issue(["*.other.test"], "other")
+    sg.rewrite_config(tls_config([(first, True), other], domains=["sandbox.test", "other.test"]))
+    assert sg.reload() == "applied", sg.stderr_text()[-2000:]
+    sni = "%d-abc.other.test" % a.port
+    with TlsConn(sg.tls_port, ctx, sni) as c:
+        assert served_cert(c.sock)[0] == other.serial
+        r = c.request("GET", "/echo?new-domain=1", host=sg.tls_host(a.port, domain="other.test"))
+        assert r.status == 200, r
+        assert r.json()["target"] == "/echo?new-domain=1"
+    assert handshake(sg, ctx, "%d-abc.sandbox.test" % a.port)[0] == first.serial
 
 
 @pytest.mark.parametrize("broken", ["missing_file", "key_mismatch", "expired"])
