@@ -630,7 +630,19 @@ static void send_redirect(sg_conn_t *c)
     sg_strbuf_t *b = &c->res_out;
     sg_strbuf_reset(b);
     sg_slice_t t = c->request.target;
-    if (!t.len || t.base[0] != '/') t = SG_SLICE_LIT("/");
+    if (t.len && t.base[0] != '/') {
+        /* absolute-form: keep what follows the authority */
+        const char *auth = memmem(t.base, t.len, "://", 3);
+        const char *p = auth ? auth + 3 : t.base + t.len;
+        while (p < t.base + t.len && *p != '/' && *p != '?' && *p != '#') p++;
+        t = sg_slice(p, (size_t)(t.base + t.len - p));
+    }
+    if (!t.len || t.base[0] != '/') {
+        sg_strbuf_reset(&c->scratch);
+        sg_strbuf_append(&c->scratch, "/", 1);
+        sg_strbuf_append_slice(&c->scratch, t);
+        t = sg_slice(c->scratch.base, c->scratch.len);
+    }
     uint16_t port = c->w->https_port;
     sg_strbuf_appendf(b, "HTTP/1.1 308 Permanent Redirect\r\nLocation: https://%s", c->host_lower);
     if (port && port != 443) sg_strbuf_appendf(b, ":%u", port);
