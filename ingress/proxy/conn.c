@@ -106,6 +106,11 @@ static void timer_cb(uv_timer_t *t)
         sg_conn_close(c);
         return;
     case SG_TIMER_HEAD:
+        if (c->client.preamble) {
+            /* The PROXY header never completed: not an HTTP peer yet. */
+            sg_conn_close(c);
+            return;
+        }
         sg_conn_send_error(c, SG_ERR_REQUEST_TIMEOUT, NULL, 0);
         return;
     case SG_TIMER_RESPONSE:
