@@ -91,10 +91,10 @@ static void put_sandbox(sg_admin_conn_t *c, sg_slice_t id, sg_slice_t body)
     const char *mask = NULL;
     json_t *jmask = json_object_get(doc, "mask_request_host");
     if (jmask && !json_is_null(jmask)) {
-        const char *why = json_is_string(jmask)
-                              ? sg_mask_validate(sg_slice(json_string_value(jmask),
-                                                          json_string_length(jmask)))
-                              : "must be a string";
+        const char *why =
+            json_is_string(jmask)
+                ? sg_mask_validate(sg_slice(json_string_value(jmask), json_string_length(jmask)))
+                : "must be a string";
         if (why) {
             sg_admin__error(c, 400, "mask_request_host", "'mask_request_host' %s", why);
             json_decref(doc);
@@ -165,7 +165,7 @@ static void list_sandboxes(sg_admin_conn_t *c, sg_slice_t query)
     while (p && p < end) {
         const char *amp = memchr(p, '&', (size_t)(end - p));
         const char *stop = amp ? amp : end;
-        if ((size_t)(stop - p) > 6 && memcmp(p, "limit=", 6) == 0) {
+        if ((size_t)(stop - p) >= 6 && memcmp(p, "limit=", 6) == 0) {
             char num[16] = "";
             size_t n = (size_t)(stop - p - 6);
             if (n >= sizeof(num)) n = sizeof(num) - 1;
@@ -199,9 +199,8 @@ static void list_sandboxes(sg_admin_conn_t *c, sg_slice_t query)
     for (size_t i = 0; i < n; i++) json_array_append_new(arr, record_json(page[i]));
     json_t *o = json_object();
     json_object_set_new(o, "sandboxes", arr);
-    json_object_set_new(o, "next",
-                        more && n ? json_stringn(page[n - 1]->id, page[n - 1]->id_len)
-                                  : json_null());
+    json_object_set_new(
+        o, "next", more && n ? json_stringn(page[n - 1]->id, page[n - 1]->id_len) : json_null());
     free(page);
     sg_admin__respond_json(c, 200, o);
 }

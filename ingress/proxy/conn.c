@@ -45,10 +45,18 @@ static void timer_closed_cb(uv_handle_t *h)
     sg_conn_unref(h->data);
 }
 
-static void drop_sandbox(sg_conn_t *c)
+/* The exchange is over once its last response byte is queued: the slot of
+ * max_incoming_connections goes back then, not when the client has read it
+ * all or closed. */
+static void release_slot(sg_conn_t *c)
 {
     if (c->counted_active) atomic_fetch_sub_explicit(&c->sandbox->active, 1, memory_order_relaxed);
     c->counted_active = 0;
+}
+
+static void drop_sandbox(sg_conn_t *c)
+{
+    release_slot(c);
     if (c->sandbox) sg_sandbox_unref(c->sandbox);
     c->sandbox = NULL;
 }
@@ -237,6 +245,7 @@ void sg_conn_client_flushed(sg_conn_t *c)
 void sg_conn_request_finished(sg_conn_t *c)
 {
     if (c->closing) return;
+    release_slot(c);
     sg_conn_observe(c, SG_ERR_NONE);
     c->state = (c->close_after || !c->keep_alive || !c->req_done) ? SG_CONN_LINGER : SG_CONN_HEAD;
     c->awaiting_flush = c->state == SG_CONN_HEAD;
@@ -276,6 +285,7 @@ void sg_conn_send_error(sg_conn_t *c, sg_err_t err, const char *detail, int port
     c->res_started = c->res_done = 1;
     c->req_done = c->req.message_done;
     sg_relay_write_strbuf(c, 0, &c->res_out);
+    release_slot(c);
     sg_conn_observe(c, err);
     c->state = keep ? SG_CONN_HEAD : SG_CONN_LINGER;
     c->awaiting_flush = keep;

@@ -11,6 +11,7 @@
 
 #include <ares.h>
 #include <arpa/inet.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -93,7 +94,11 @@ struct sg_dns_source_s {
     dns_entry_t *oldest, *newest;
     dns_batch_t *batches;
     uint64_t hash_key[2];
-    sg_dns_stats_t stats;
+    sg_dns_stats_t *stats; /* own_stats or the caller's (sg_dns_source_set_stats) */
+    sg_dns_stats_t own_stats;
+    uint64_t warn_at; /* loop time of the last failure warning */
+    uint64_t warn_suppressed;
+    char warn_note[64];
 };
 
 /* ---- hashing: ids come from Host headers, so the hash is keyed (SipHash-1-3)
@@ -465,13 +470,32 @@ static void on_txt(void *arg, int status, int timeouts, unsigned char *abuf, int
     on_answer(arg, DNS_TYPE_TXT, status, abuf, alen);
 }
 
+/* A dead server fails every resolution; one warning per second per worker
+ * is enough, with a count of the ones left out. */
+static int may_warn(sg_dns_source_t *d)
+{
+    uint64_t now = uv_now(d->loop);
+    if (d->warn_at && now - d->warn_at < 1000) {
+        d->warn_suppressed++;
+        return 0;
+    }
+    d->warn_note[0] = '\0';
+    if (d->warn_suppressed)
+        snprintf(d->warn_note, sizeof(d->warn_note), " (%llu similar warnings suppressed)",
+                 (unsigned long long)d->warn_suppressed);
+    d->warn_at = now ? now : 1;
+    d->warn_suppressed = 0;
+    return 1;
+}
+
 /* Builds the record from the three answers. Returns FOUND with *out holding
  * a new reference, NOT_FOUND, or FAILED. */
 static sg_lookup_result_t build(sg_dns_source_t *d, dns_entry_t *e, sg_sandbox_t **out)
 {
     if (e->failed) {
-        sg_log_warn("dns: %.*s.%s: %s query failed: %s", (int)e->id_len, e->id, d->zone, e->failed,
-                    ares_strerror(e->fail_status));
+        if (may_warn(d))
+            sg_log_warn("dns: %.*s.%s: %s query failed: %s%s", (int)e->id_len, e->id, d->zone,
+                        e->failed, ares_strerror(e->fail_status), d->warn_note);
         return SG_LOOKUP_FAILED;
     }
     if (!e->has_v4 && !e->has_v6) return SG_LOOKUP_NOT_FOUND;
@@ -491,8 +515,9 @@ static sg_lookup_result_t build(sg_dns_source_t *d, dns_entry_t *e, sg_sandbox_t
     for (struct ares_txt_ext *t = e->txt; t; t = t->next) {
         const char *why = NULL;
         if (sg_dns_apply_txt(sb, (const char *)t->txt, t->length, &why) != 0) {
-            sg_log_warn("dns: %.*s.%s: bad TXT setting, lookup fails: %s", (int)e->id_len, e->id,
-                        d->zone, why);
+            if (may_warn(d))
+                sg_log_warn("dns: %.*s.%s: bad TXT setting, lookup fails: %s%s", (int)e->id_len,
+                            e->id, d->zone, why, d->warn_note);
             sg_sandbox_unref(sb);
             return SG_LOOKUP_FAILED;
         }
@@ -511,7 +536,7 @@ static sg_lookup_result_t settle(sg_dns_source_t *d, dns_entry_t *e, sg_sandbox_
     if (e->txt) ares_free_data(e->txt);
     e->txt = NULL;
     if (r == SG_LOOKUP_FAILED) {
-        sg_counter_inc(&d->stats.failures);
+        sg_counter_inc(&d->stats->failures);
         table_remove(d, e);
         entry_free(e);
         return r;
@@ -608,15 +633,15 @@ static sg_lookup_result_t dns_start(sg_lookup_source_t *src, sg_lookup_req_t *re
     dns_entry_t *e = table_find(d, id, hash);
     if (e && e->state == ENTRY_PENDING) {
         add_waiter(e, req);
-        sg_counter_inc(&d->stats.coalesced);
+        sg_counter_inc(&d->stats->coalesced);
         return SG_LOOKUP_PENDING;
     }
     if (e && uv_now(d->loop) < e->expires) {
         if (e->state == ENTRY_ABSENT) {
-            sg_counter_inc(&d->stats.negative_hits);
+            sg_counter_inc(&d->stats->negative_hits);
             return SG_LOOKUP_NOT_FOUND;
         }
-        sg_counter_inc(&d->stats.cache_hits);
+        sg_counter_inc(&d->stats->cache_hits);
         sg_sandbox_ref(e->sb);
         *out = e->sb;
         return SG_LOOKUP_FOUND;
@@ -634,7 +659,7 @@ static sg_lookup_result_t dns_start(sg_lookup_source_t *src, sg_lookup_req_t *re
         memcpy(e->id, id.base, id.len);
         table_insert(d, e);
     }
-    sg_counter_inc(&d->stats.queries);
+    sg_counter_inc(&d->stats->queries);
     issue(d, e);
     if (e->outstanding == 0) return settle(d, e, out); /* answered during issue() */
     add_waiter(e, req);
@@ -747,6 +772,7 @@ int sg_dns_source_new(uv_loop_t *loop, const sg_dns_conf_t *conf, sg_dns_source_
     d->ttl_max_ms = conf->ttl_max_ms;
     d->negative_ttl_ms = conf->negative_ttl_ms;
     d->max_entries = SG_DNS_CACHE_MAX;
+    d->stats = &d->own_stats;
     if (getrandom(d->hash_key, sizeof(d->hash_key), GRND_NONBLOCK) != sizeof(d->hash_key)) {
         uint64_t t = uv_hrtime();
         d->hash_key[0] = t ^ (uint64_t)(uintptr_t)d;
@@ -799,7 +825,7 @@ sg_lookup_source_t *sg_dns_source_lookup(sg_dns_source_t *d)
 
 const sg_dns_stats_t *sg_dns_source_stats(const sg_dns_source_t *d)
 {
-    return &d->stats;
+    return d->stats;
 }
 
 /* Runs outside any c-ares call. ares_destroy answers every query with
@@ -840,6 +866,11 @@ void sg_dns_source_close(sg_dns_source_t *d)
 void sg_dns_source__set_max_entries(sg_dns_source_t *d, size_t max_entries)
 {
     d->max_entries = max_entries ? max_entries : 1;
+}
+
+void sg_dns_source_set_stats(sg_dns_source_t *d, sg_dns_stats_t *stats)
+{
+    d->stats = stats ? stats : &d->own_stats;
 }
 
 size_t sg_dns_source__cached(const sg_dns_source_t *d)

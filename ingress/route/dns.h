@@ -15,8 +15,8 @@
  * A cache hit answers synchronously. Concurrent requests for one id share
  * one resolution (coalescing); cancelling a request removes only that one.
  *
- * Threads: one source per worker loop; every function except
- * sg_dns_source_stats' reads runs on that loop's thread. Nothing is shared
+ * Threads: one source per worker loop; every function runs on that loop's
+ * thread (only the counters may be read from others). Nothing is shared
  * between workers (each has its own cache and c-ares channel). */
 #ifndef SG_ROUTE_DNS_H
 #define SG_ROUTE_DNS_H
@@ -68,11 +68,18 @@ sg_lookup_source_t *sg_dns_source_lookup(sg_dns_source_t *d);
  * callbacks, so the loop must run afterwards. Safe to call from inside a
  * lookup callback fired by this source (the teardown then waits until c-ares
  * returns). d must not be used after this call, except that
- * sg_dns_source_stats stays valid until the loop has run the close callbacks. */
+ * its own counters stay readable until the loop has run the close callbacks. */
 void sg_dns_source_close(sg_dns_source_t *d);
 
-/* Borrowed; valid while d lives. */
+/* The counters in use (borrowed; valid while d lives, or while the caller's
+ * storage lives after sg_dns_source_set_stats). */
 const sg_dns_stats_t *sg_dns_source_stats(const sg_dns_source_t *d);
+
+/* Counts into caller-owned storage from now on (NULL: back to the source's
+ * own). For metrics read by another thread: storage inside the worker
+ * outlives the source, whose memory goes in a close callback. Counts made
+ * before the call are not carried over. */
+void sg_dns_source_set_stats(sg_dns_source_t *d, sg_dns_stats_t *stats);
 
 /* Pure (fuzzed): applies one TXT character-string "key=value" (len bytes,
  * not NUL-terminated, may contain any byte) to a record being built (not yet

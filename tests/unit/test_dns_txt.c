@@ -298,7 +298,7 @@ static size_t respond(responder_t *r, const unsigned char *q, size_t qlen, unsig
     const zone_rec_t *rec = NULL;
     for (size_t i = 0; i < r->n_recs; i++)
         if (strcmp(r->recs[i].name, name) == 0) rec = &r->recs[i];
-    zone_rec_t copy;
+    zone_rec_t copy = {0};
     if (rec) copy = *rec;
     pthread_mutex_unlock(&r->lock);
     if (rec && copy.mode == REC_SILENT) return 0;
@@ -861,6 +861,31 @@ static void test_eviction_bound(void **state)
     release(&res);
 }
 
+/* When full, expired entries go before live ones, even younger ones. */
+static void test_eviction_expired_first(void **state)
+{
+    fx_t *f = *state;
+    sg_dns_source__set_max_entries(f->src, 4);
+    const char *ids[] = {"e1", "e0", "e2", "e3", "e4"};
+    for (int i = 0; i < 5; i++) {
+        /* e0 has TTL 0 (ttl_min is 0 here): answered, cached, already expired */
+        zone_set(&f->dns, ids[i], (zone_rec_t){.a = "10.0.0.1", .ttl = i == 1 ? 0 : 60});
+        sg_lookup_req_t req;
+        result_t res;
+        assert_int_equal(lookup(f, &req, &res, ids[i]), 0);
+        run_until(f, &res.done);
+        release(&res);
+    }
+    assert_int_equal(sg_dns_source__cached(f->src), 4);
+    const char *live[] = {"e1", "e2", "e3", "e4"};
+    for (int i = 0; i < 4; i++) {
+        sg_lookup_req_t req;
+        result_t res;
+        assert_int_equal(lookup(f, &req, &res, live[i]), 1);
+        release(&res);
+    }
+}
+
 static void test_bad_ids_not_asked(void **state)
 {
     fx_t *f = *state;
@@ -1029,6 +1054,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bad_txt_fails_closed, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_ttl_clamp_and_refresh, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_eviction_bound, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_eviction_expired_first, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_bad_ids_not_asked, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_close_with_pending, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_callback_cancels_or_closes, fx_setup, fx_teardown),
