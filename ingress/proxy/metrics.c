@@ -94,6 +94,21 @@ void sg_metrics_render(const sg_worker_t *w, unsigned n, int draining, sg_strbuf
                               sources[s], results[r],
                               (unsigned long long)W(stats.lookups[s][r]));
 
+    header(o, "sandgate_dns_total", "counter", "DNS source activity.");
+    static const struct {
+        const char *event;
+        size_t off;
+    } dns_events[] = {
+        {"queries", offsetof(sg_worker_t, stats.dns.queries)},
+        {"cache_hits", offsetof(sg_worker_t, stats.dns.cache_hits)},
+        {"negative_hits", offsetof(sg_worker_t, stats.dns.negative_hits)},
+        {"failures", offsetof(sg_worker_t, stats.dns.failures)},
+        {"coalesced", offsetof(sg_worker_t, stats.dns.coalesced)},
+    };
+    for (size_t k = 0; k < sizeof(dns_events) / sizeof(dns_events[0]); k++)
+        sg_strbuf_appendf(o, "sandgate_dns_total{event=\"%s\"} %llu\n", dns_events[k].event,
+                          (unsigned long long)sum_at(w, n, dns_events[k].off));
+
     header(o, "sandgate_tls_handshakes_total", "counter", "TLS handshakes by result.");
     sg_strbuf_appendf(o, "sandgate_tls_handshakes_total{result=\"ok\"} %llu\n",
                       (unsigned long long)W(tls_stats.handshakes));

@@ -205,6 +205,7 @@ int sg_worker_init(sg_worker_t *w, unsigned index, sg_snapshot_t *snap, const sg
             return rc;
         }
         sg_dns_source_lookup(w->dns)->metric_index = SG_SOURCE_DNS;
+        sg_dns_source_set_stats(w->dns, &w->stats.dns);
     }
     build_lookup_chain(w);
     if (w->shared.qsbr) {
@@ -347,11 +348,13 @@ void sg_worker_cleanup(sg_worker_t *w)
 {
     /* Anything still open (a listener that failed half-way, say) is closed
      * and the loop run until the close callbacks have fired. */
-    uv_walk(&w->loop, close_walk_cb, NULL);
-    uv_run(&w->loop, UV_RUN_DEFAULT);
-    if (w->upstreams.buckets) sg_upstream_pool_close(&w->upstreams);
+    /* Owners close their own handles first; the walk then catches the rest
+     * (a listener that failed half-way, say) without closing anything twice. */
     if (w->dns) sg_dns_source_close(w->dns);
     w->dns = NULL;
+    if (w->upstreams.buckets) sg_upstream_pool_close(&w->upstreams);
+    uv_walk(&w->loop, close_walk_cb, NULL);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
     if (w->shared.qsbr && w->qsbr_check.data) sg_qsbr_unregister(&w->qsbr_reader);
     uv_loop_close(&w->loop);
     sg_fwd_write_free_all(w);

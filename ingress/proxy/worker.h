@@ -37,6 +37,7 @@ typedef struct {
     sg_counter_t total_hist[SG_LATENCY_BUCKETS + 1];
     sg_counter_t first_byte_sum_us, total_sum_us;
     sg_counter_t lookups[3][4]; /* [static, admin, dns][found, not found, failed, pending] */
+    sg_dns_stats_t dns;         /* the DNS source counts here (outlives the source) */
 } sg_worker_stats_t;
 
 /* Everything a reload replaces, published as one immutable unit. Workers

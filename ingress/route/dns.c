@@ -1,20 +1,18 @@
-/* The DNS lookup source: c-ares on a libuv loop, a per-worker cache and
- * request coalescing. The TXT settings parser lives in dns_txt.c.
+/* The DNS lookup source: c-ares on a libuv loop, request coalescing and
+ * the lookup interface. The cache table is in dns_cache.c, the TXT settings
+ * parser in dns_txt.c.
  *
- * Shape: one hash table of entries keyed by sandbox id. An entry is either
- * in flight (PENDING: three c-ares queries outstanding and a list of waiting
- * requests) or answered (FOUND with a record, or ABSENT) until it expires.
- * Answered entries also sit on an age list (oldest first) for eviction. An
- * expired entry is refreshed in place when the next request for it comes. */
-#include "route/dns.h"
+ * Shape: one cache entry per sandbox id. An entry is either in flight
+ * (PENDING: three c-ares queries outstanding and a list of waiting requests)
+ * or answered (FOUND with a record, or ABSENT) until it expires; an expired
+ * entry is refreshed in place when the next request for it comes. */
+#include "route/dns_internal.h"
 #include "core/log.h"
 
-#include <ares.h>
 #include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 
 #define DNS_CLASS_IN 1
 #define DNS_TYPE_A 1
@@ -24,37 +22,6 @@
 #define DNS_LABEL_MAX 63
 #define DNS_ZONE_MAX 189 /* 63 + '.' + 189 = 253, the longest name */
 #define DNS_MAX_ADDRS 32 /* addresses read per answer (the first one is used) */
-#define DNS_MIN_BUCKETS 64
-#define DNS_MAX_BUCKETS (1u << 20)
-
-typedef enum { ENTRY_PENDING, ENTRY_FOUND, ENTRY_ABSENT } entry_state_t;
-
-typedef struct dns_entry_s dns_entry_t;
-struct dns_entry_s {
-    dns_entry_t *chain;         /* hash bucket */
-    dns_entry_t *older, *newer; /* age list, answered entries only */
-    sg_dns_source_t *d;
-    entry_state_t state;
-    uint64_t hash;
-    uint64_t expires; /* loop time (ms), answered entries */
-    sg_sandbox_t *sb; /* ENTRY_FOUND: the cache's reference */
-
-    /* ENTRY_PENDING */
-    sg_lookup_req_t **waiters;
-    size_t n_waiters, cap_waiters;
-    unsigned outstanding; /* c-ares queries not answered yet */
-    int issuing;          /* inside issue(): answers are only recorded */
-    const char *failed;   /* first failure: which question */
-    int fail_status;      /* ... and the c-ares status */
-    int has_v4, has_v6;
-    struct in_addr v4;
-    struct in6_addr v6;
-    int64_t ttl_s; /* smallest A/AAAA TTL seen, -1 = none */
-    struct ares_txt_ext *txt;
-
-    size_t id_len;
-    char id[SG_SANDBOX_ID_MAX + 1];
-};
 
 typedef struct dns_poll_s {
     uv_poll_t handle;
@@ -86,14 +53,9 @@ struct sg_dns_source_s {
     size_t zone_len;
     uint64_t ttl_min_ms, ttl_max_ms, negative_ttl_ms;
 
-    dns_entry_t **buckets;
-    size_t n_buckets; /* power of two */
-    size_t n_entries; /* all, in flight included */
-    size_t n_cached;  /* answered, on the age list */
-    size_t max_entries;
-    dns_entry_t *oldest, *newest;
+    sg_dns_cache_t cache;
+    sg_dns_waitmap_t waiting; /* every request in a waiters array or a batch */
     dns_batch_t *batches;
-    uint64_t hash_key[2];
     sg_dns_stats_t *stats; /* own_stats or the caller's (sg_dns_source_set_stats) */
     sg_dns_stats_t own_stats;
     uint64_t warn_at; /* loop time of the last failure warning */
@@ -101,148 +63,7 @@ struct sg_dns_source_s {
     char warn_note[64];
 };
 
-/* ---- hashing: ids come from Host headers, so the hash is keyed (SipHash-1-3)
- * to keep chosen ids from piling up in one bucket. */
-
-static uint64_t rotl64(uint64_t x, int b)
-{
-    return (x << b) | (x >> (64 - b));
-}
-
-#define SIPROUND                                                                                   \
-    do {                                                                                           \
-        v0 += v1, v1 = rotl64(v1, 13), v1 ^= v0, v0 = rotl64(v0, 32);                              \
-        v2 += v3, v3 = rotl64(v3, 16), v3 ^= v2;                                                   \
-        v0 += v3, v3 = rotl64(v3, 21), v3 ^= v0;                                                   \
-        v2 += v1, v1 = rotl64(v1, 17), v1 ^= v2, v2 = rotl64(v2, 32);                              \
-    } while (0)
-
-static uint64_t siphash13(const uint64_t key[2], const char *p, size_t len)
-{
-    uint64_t v0 = 0x736f6d6570736575ULL ^ key[0], v1 = 0x646f72616e646f6dULL ^ key[1];
-    uint64_t v2 = 0x6c7967656e657261ULL ^ key[0], v3 = 0x7465646279746573ULL ^ key[1];
-    uint64_t m;
-    size_t i = 0;
-    for (; i + 8 <= len; i += 8) {
-        m = 0;
-        for (int j = 7; j >= 0; j--) m = m << 8 | (unsigned char)p[i + (size_t)j];
-        v3 ^= m;
-        SIPROUND;
-        v0 ^= m;
-    }
-    m = (uint64_t)len << 56;
-    for (int j = 0; i + (size_t)j < len; j++)
-        m |= (uint64_t)(unsigned char)p[i + (size_t)j] << (8 * j);
-    v3 ^= m;
-    SIPROUND;
-    v0 ^= m;
-    v2 ^= 0xff;
-    SIPROUND;
-    SIPROUND;
-    SIPROUND;
-    return v0 ^ v1 ^ v2 ^ v3;
-}
-
-/* ---- the table */
-
-static dns_entry_t *table_find(const sg_dns_source_t *d, sg_slice_t id, uint64_t hash)
-{
-    for (dns_entry_t *e = d->buckets[hash & (d->n_buckets - 1)]; e; e = e->chain)
-        if (e->hash == hash && e->id_len == id.len && memcmp(e->id, id.base, id.len) == 0) return e;
-    return NULL;
-}
-
-static void table_grow(sg_dns_source_t *d)
-{
-    size_t n = d->n_buckets * 2;
-    dns_entry_t **b = calloc(n, sizeof(*b));
-    if (!b) return; /* longer chains, still correct */
-    for (size_t i = 0; i < d->n_buckets; i++) {
-        for (dns_entry_t *e = d->buckets[i], *next; e; e = next) {
-            next = e->chain;
-            e->chain = b[e->hash & (n - 1)];
-            b[e->hash & (n - 1)] = e;
-        }
-    }
-    free(d->buckets);
-    d->buckets = b;
-    d->n_buckets = n;
-}
-
-static void table_insert(sg_dns_source_t *d, dns_entry_t *e)
-{
-    if (d->n_entries >= d->n_buckets && d->n_buckets < DNS_MAX_BUCKETS) table_grow(d);
-    dns_entry_t **head = &d->buckets[e->hash & (d->n_buckets - 1)];
-    e->chain = *head;
-    *head = e;
-    d->n_entries++;
-}
-
-static void table_remove(sg_dns_source_t *d, dns_entry_t *e)
-{
-    dns_entry_t **pp = &d->buckets[e->hash & (d->n_buckets - 1)];
-    while (*pp != e) pp = &(*pp)->chain;
-    *pp = e->chain;
-    d->n_entries--;
-}
-
-static void age_push(sg_dns_source_t *d, dns_entry_t *e)
-{
-    e->newer = NULL;
-    e->older = d->newest;
-    if (d->newest)
-        d->newest->newer = e;
-    else
-        d->oldest = e;
-    d->newest = e;
-    d->n_cached++;
-}
-
-static void age_unlink(sg_dns_source_t *d, dns_entry_t *e)
-{
-    if (e->older)
-        e->older->newer = e->newer;
-    else
-        d->oldest = e->newer;
-    if (e->newer)
-        e->newer->older = e->older;
-    else
-        d->newest = e->older;
-    e->older = e->newer = NULL;
-    d->n_cached--;
-}
-
-static void entry_free(dns_entry_t *e)
-{
-    if (e->sb) sg_sandbox_unref(e->sb);
-    if (e->txt) ares_free_data(e->txt);
-    free(e->waiters);
-    free(e);
-}
-
-static void evict(sg_dns_source_t *d, dns_entry_t *e)
-{
-    age_unlink(d, e);
-    table_remove(d, e);
-    entry_free(e);
-}
-
-/* Called before an entry joins the age list. When full, drops every expired
- * entry and then the oldest ones down to 15/16 of the bound, so the O(n)
- * sweep runs at most once per n/16 insertions. */
-static void make_room(sg_dns_source_t *d)
-{
-    if (d->n_cached < d->max_entries) return;
-    uint64_t now = uv_now(d->loop);
-    for (dns_entry_t *e = d->oldest, *newer; e; e = newer) {
-        newer = e->newer;
-        if (now >= e->expires) evict(d, e);
-    }
-    size_t low = d->max_entries - d->max_entries / 16 - 1;
-    while (d->n_cached > low) evict(d, d->oldest);
-}
-
-static void add_waiter(dns_entry_t *e, sg_lookup_req_t *req)
+static void add_waiter(sg_dns_source_t *d, sg_dns_entry_t *e, sg_lookup_req_t *req)
 {
     if (e->n_waiters == e->cap_waiters) {
         size_t cap = e->cap_waiters ? e->cap_waiters * 2 : 4;
@@ -251,6 +72,7 @@ static void add_waiter(dns_entry_t *e, sg_lookup_req_t *req)
         e->waiters = w;
         e->cap_waiters = cap;
     }
+    sg_dns__waitmap_put(&d->waiting, req, e->n_waiters);
     e->waiters[e->n_waiters++] = req;
 }
 
@@ -366,7 +188,7 @@ static void on_sock_state(void *data, ares_socket_t fd, int readable, int writab
 
 /* ---- answers */
 
-static void entry_fail(dns_entry_t *e, const char *what, int status)
+static void entry_fail(sg_dns_entry_t *e, const char *what, int status)
 {
     if (!e->failed) {
         e->failed = what;
@@ -374,13 +196,13 @@ static void entry_fail(dns_entry_t *e, const char *what, int status)
     }
 }
 
-static void take_ttl(dns_entry_t *e, int ttl)
+static void take_ttl(sg_dns_entry_t *e, int ttl)
 {
     int64_t t = ttl < 0 ? 0 : ttl;
     if (e->ttl_s < 0 || t < e->ttl_s) e->ttl_s = t;
 }
 
-static void record_a(dns_entry_t *e, const unsigned char *abuf, int alen)
+static void record_a(sg_dns_entry_t *e, const unsigned char *abuf, int alen)
 {
     struct ares_addrttl a[DNS_MAX_ADDRS];
     int n = DNS_MAX_ADDRS;
@@ -397,7 +219,7 @@ static void record_a(dns_entry_t *e, const unsigned char *abuf, int alen)
     }
 }
 
-static void record_aaaa(dns_entry_t *e, const unsigned char *abuf, int alen)
+static void record_aaaa(sg_dns_entry_t *e, const unsigned char *abuf, int alen)
 {
     struct ares_addr6ttl a[DNS_MAX_ADDRS];
     int n = DNS_MAX_ADDRS;
@@ -414,7 +236,7 @@ static void record_aaaa(dns_entry_t *e, const unsigned char *abuf, int alen)
     }
 }
 
-static void record_txt(dns_entry_t *e, const unsigned char *abuf, int alen)
+static void record_txt(sg_dns_entry_t *e, const unsigned char *abuf, int alen)
 {
     struct ares_txt_ext *txt = NULL;
     int rc = ares_parse_txt_reply_ext(abuf, alen, &txt);
@@ -426,9 +248,9 @@ static void record_txt(dns_entry_t *e, const unsigned char *abuf, int alen)
     e->txt = txt;
 }
 
-static void complete(sg_dns_source_t *d, dns_entry_t *e);
+static void complete(sg_dns_source_t *d, sg_dns_entry_t *e);
 
-static void on_answer(dns_entry_t *e, int qtype, int status, const unsigned char *abuf, int alen)
+static void on_answer(sg_dns_entry_t *e, int qtype, int status, const unsigned char *abuf, int alen)
 {
     sg_dns_source_t *d = e->d;
     e->outstanding--;
@@ -490,7 +312,7 @@ static int may_warn(sg_dns_source_t *d)
 
 /* Builds the record from the three answers. Returns FOUND with *out holding
  * a new reference, NOT_FOUND, or FAILED. */
-static sg_lookup_result_t build(sg_dns_source_t *d, dns_entry_t *e, sg_sandbox_t **out)
+static sg_lookup_result_t build(sg_dns_source_t *d, sg_dns_entry_t *e, sg_sandbox_t **out)
 {
     if (e->failed) {
         if (may_warn(d))
@@ -529,7 +351,7 @@ static sg_lookup_result_t build(sg_dns_source_t *d, dns_entry_t *e, sg_sandbox_t
 /* Turns a finished in-flight entry into a cache entry (or drops it on
  * failure). Returns the result, with *out holding a reference for the
  * caller when FOUND. e may be freed. */
-static sg_lookup_result_t settle(sg_dns_source_t *d, dns_entry_t *e, sg_sandbox_t **out)
+static sg_lookup_result_t settle(sg_dns_source_t *d, sg_dns_entry_t *e, sg_sandbox_t **out)
 {
     sg_sandbox_t *sb = NULL;
     sg_lookup_result_t r = build(d, e, &sb);
@@ -537,33 +359,31 @@ static sg_lookup_result_t settle(sg_dns_source_t *d, dns_entry_t *e, sg_sandbox_
     e->txt = NULL;
     if (r == SG_LOOKUP_FAILED) {
         sg_counter_inc(&d->stats->failures);
-        table_remove(d, e);
-        entry_free(e);
+        sg_dns__cache_drop(&d->cache, e);
         return r;
     }
-    make_room(d);
     uint64_t now = uv_now(d->loop);
+    sg_dns__cache_answered(&d->cache, e, now);
     if (r == SG_LOOKUP_FOUND) {
         uint64_t ttl_ms = (uint64_t)e->ttl_s * 1000;
         if (ttl_ms > d->ttl_max_ms) ttl_ms = d->ttl_max_ms;
         if (ttl_ms < d->ttl_min_ms) ttl_ms = d->ttl_min_ms;
-        e->state = ENTRY_FOUND;
+        e->state = SG_DNS_FOUND;
         e->sb = sb;
         e->expires = now + ttl_ms;
         sg_sandbox_ref(sb);
         *out = sb;
     } else {
-        e->state = ENTRY_ABSENT;
+        e->state = SG_DNS_ABSENT;
         e->expires = now + d->negative_ttl_ms;
     }
-    age_push(d, e);
     return r;
 }
 
 /* Tells every waiter. Runs inside a c-ares callback; a waiter's callback may
  * start or cancel lookups (cancel reaches the batch) or close the source
  * (then the rest are dropped and teardown waits for process()). */
-static void complete(sg_dns_source_t *d, dns_entry_t *e)
+static void complete(sg_dns_source_t *d, sg_dns_entry_t *e)
 {
     dns_batch_t b = {.next = d->batches, .reqs = e->waiters, .n = e->n_waiters};
     e->waiters = NULL;
@@ -573,8 +393,10 @@ static void complete(sg_dns_source_t *d, dns_entry_t *e)
     d->batches = &b;
     for (size_t i = 0; i < b.n && !d->closing; i++) {
         sg_lookup_req_t *req = b.reqs[i];
-        if (!req) continue; /* cancelled by an earlier waiter's callback */
+        if (!req) continue; /* cancelled, maybe by an earlier waiter's callback */
         b.reqs[i] = NULL;
+        size_t ignored;
+        sg_dns__waitmap_take(&d->waiting, req, &ignored);
         if (r == SG_LOOKUP_FOUND) sg_sandbox_ref(sb);
         sg_lookup__source_done(req, r, r == SG_LOOKUP_FOUND ? sb : NULL);
     }
@@ -587,13 +409,13 @@ static void complete(sg_dns_source_t *d, dns_entry_t *e)
 
 /* Sends the three questions. c-ares may answer some at once (a bad name, no
  * memory); those are recorded and the caller checks e->outstanding. */
-static void issue(sg_dns_source_t *d, dns_entry_t *e)
+static void issue(sg_dns_source_t *d, sg_dns_entry_t *e)
 {
     char name[DNS_LABEL_MAX + 1 + DNS_ZONE_MAX + 1];
     memcpy(name, e->id, e->id_len);
     name[e->id_len] = '.';
     memcpy(name + e->id_len + 1, d->zone, d->zone_len + 1);
-    e->state = ENTRY_PENDING;
+    e->state = SG_DNS_PENDING;
     e->failed = NULL;
     e->fail_status = 0;
     e->has_v4 = e->has_v6 = 0;
@@ -629,15 +451,15 @@ static sg_lookup_result_t dns_start(sg_lookup_source_t *src, sg_lookup_req_t *re
     sg_dns_source_t *d = src->data;
     if (d->closing) return SG_LOOKUP_FAILED;
     if (!is_label(id)) return SG_LOOKUP_NOT_FOUND;
-    uint64_t hash = siphash13(d->hash_key, id.base, id.len);
-    dns_entry_t *e = table_find(d, id, hash);
-    if (e && e->state == ENTRY_PENDING) {
-        add_waiter(e, req);
+    uint64_t hash = sg_dns__cache_hash(&d->cache, id);
+    sg_dns_entry_t *e = sg_dns__cache_find(&d->cache, id, hash);
+    if (e && e->state == SG_DNS_PENDING) {
+        add_waiter(d, e, req);
         sg_counter_inc(&d->stats->coalesced);
         return SG_LOOKUP_PENDING;
     }
     if (e && uv_now(d->loop) < e->expires) {
-        if (e->state == ENTRY_ABSENT) {
+        if (e->state == SG_DNS_ABSENT) {
             sg_counter_inc(&d->stats->negative_hits);
             return SG_LOOKUP_NOT_FOUND;
         }
@@ -647,22 +469,15 @@ static sg_lookup_result_t dns_start(sg_lookup_source_t *src, sg_lookup_req_t *re
         return SG_LOOKUP_FOUND;
     }
     if (e) { /* expired: refresh in place; requests holding the record keep it */
-        age_unlink(d, e);
-        if (e->sb) sg_sandbox_unref(e->sb);
-        e->sb = NULL;
+        sg_dns__cache_reopen(&d->cache, e);
     } else {
-        e = calloc(1, sizeof(*e));
-        if (!e) abort();
+        e = sg_dns__cache_add(&d->cache, id, hash);
         e->d = d;
-        e->hash = hash;
-        e->id_len = id.len;
-        memcpy(e->id, id.base, id.len);
-        table_insert(d, e);
     }
     sg_counter_inc(&d->stats->queries);
     issue(d, e);
     if (e->outstanding == 0) return settle(d, e, out); /* answered during issue() */
-    add_waiter(e, req);
+    add_waiter(d, e, req);
     return SG_LOOKUP_PENDING;
 }
 
@@ -671,21 +486,19 @@ static void dns_cancel(sg_lookup_source_t *src, sg_lookup_req_t *req)
     sg_dns_source_t *d = src->data;
     if (d->torn_down) return;
     sg_slice_t id = sg_slice(req->id, req->id_len);
-    dns_entry_t *e = table_find(d, id, siphash13(d->hash_key, id.base, id.len));
-    if (e && e->state == ENTRY_PENDING) {
-        for (size_t i = 0; i < e->n_waiters; i++) {
-            if (e->waiters[i] != req) continue;
-            memmove(&e->waiters[i], &e->waiters[i + 1], (e->n_waiters - i - 1) * sizeof(req));
-            e->n_waiters--;
-            return;
-        }
+    size_t i;
+    if (!sg_dns__waitmap_take(&d->waiting, req, &i)) return;
+    /* The slot becomes a hole (skipped when the answer comes): arrays live
+     * for one resolution only, so holes never pile up for long. */
+    sg_dns_entry_t *e = sg_dns__cache_find(&d->cache, id, sg_dns__cache_hash(&d->cache, id));
+    if (e && e->state == SG_DNS_PENDING && i < e->n_waiters && e->waiters[i] == req) {
+        e->waiters[i] = NULL;
+        return;
     }
     for (dns_batch_t *b = d->batches; b; b = b->next) {
-        for (size_t i = 0; i < b->n; i++) {
-            if (b->reqs[i] == req) {
-                b->reqs[i] = NULL;
-                return;
-            }
+        if (i < b->n && b->reqs[i] == req) {
+            b->reqs[i] = NULL;
+            return;
         }
     }
 }
@@ -760,24 +573,16 @@ int sg_dns_source_new(uv_loop_t *loop, const sg_dns_conf_t *conf, sg_dns_source_
     d->loop = loop;
     d->zone = strndup(conf->zone, zone_len);
     d->zone_len = zone_len;
-    d->n_buckets = DNS_MIN_BUCKETS;
-    d->buckets = calloc(d->n_buckets, sizeof(*d->buckets));
-    if (!d->zone || !d->buckets) {
+    if (!d->zone || sg_dns__cache_init(&d->cache, SG_DNS_CACHE_MAX) != 0) {
+        sg_dns__cache_free(&d->cache);
         free(d->zone);
-        free(d->buckets);
         free(d);
         return UV_ENOMEM;
     }
     d->ttl_min_ms = conf->ttl_min_ms;
     d->ttl_max_ms = conf->ttl_max_ms;
     d->negative_ttl_ms = conf->negative_ttl_ms;
-    d->max_entries = SG_DNS_CACHE_MAX;
     d->stats = &d->own_stats;
-    if (getrandom(d->hash_key, sizeof(d->hash_key), GRND_NONBLOCK) != sizeof(d->hash_key)) {
-        uint64_t t = uv_hrtime();
-        d->hash_key[0] = t ^ (uint64_t)(uintptr_t)d;
-        d->hash_key[1] = t * 0x9e3779b97f4a7c15ULL;
-    }
 
     /* Only our servers, only the exact name: no search list, no aliases,
      * no resolv.conf (an empty file instead), no hosts file. */
@@ -803,8 +608,8 @@ int sg_dns_source_new(uv_loop_t *loop, const sg_dns_conf_t *conf, sg_dns_source_
         if (rc != ARES_SUCCESS) ares_destroy(d->channel);
     }
     if (rc != ARES_SUCCESS) {
+        sg_dns__cache_free(&d->cache);
         free(d->zone);
-        free(d->buckets);
         free(d);
         return rc == ARES_ENOMEM ? UV_ENOMEM : rc == ARES_EBADFAMILY ? UV_EINVAL : UV_EIO;
     }
@@ -836,16 +641,8 @@ static void teardown(sg_dns_source_t *d)
     d->torn_down = 1;
     ares_destroy(d->channel);
     d->channel = NULL;
-    for (size_t i = 0; i < d->n_buckets; i++) {
-        for (dns_entry_t *e = d->buckets[i], *next; e; e = next) {
-            next = e->chain;
-            entry_free(e);
-        }
-    }
-    free(d->buckets);
-    d->buckets = NULL;
-    d->oldest = d->newest = NULL;
-    d->n_entries = d->n_cached = 0;
+    sg_dns__cache_free(&d->cache);
+    sg_dns__waitmap_free(&d->waiting);
     while (d->polls) {
         dns_poll_t *p = d->polls;
         d->polls = p->next;
@@ -865,7 +662,7 @@ void sg_dns_source_close(sg_dns_source_t *d)
 
 void sg_dns_source__set_max_entries(sg_dns_source_t *d, size_t max_entries)
 {
-    d->max_entries = max_entries ? max_entries : 1;
+    d->cache.max_entries = max_entries ? max_entries : 1;
 }
 
 void sg_dns_source_set_stats(sg_dns_source_t *d, sg_dns_stats_t *stats)
@@ -875,5 +672,10 @@ void sg_dns_source_set_stats(sg_dns_source_t *d, sg_dns_stats_t *stats)
 
 size_t sg_dns_source__cached(const sg_dns_source_t *d)
 {
-    return d->n_cached;
+    return d->cache.n_cached;
+}
+
+size_t sg_dns_source__waiting(const sg_dns_source_t *d)
+{
+    return d->waiting.count;
 }

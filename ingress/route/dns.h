@@ -65,7 +65,10 @@ sg_lookup_source_t *sg_dns_source_lookup(sg_dns_source_t *d);
  * requests are dropped silently (their callbacks never fire; callers cancel
  * their own requests first), the cache is emptied, and the c-ares channel and
  * all libuv handles are closed. Memory is freed in the handles' close
- * callbacks, so the loop must run afterwards. Safe to call from inside a
+ * callbacks, so the loop must run afterwards; call it before anything else
+ * closes the loop's handles (a uv_walk closing every handle would close the
+ * source's timer and polls without their callbacks: d leaks and this call
+ * then trips libuv's double-close assertion). Safe to call from inside a
  * lookup callback fired by this source (the teardown then waits until c-ares
  * returns). d must not be used after this call, except that
  * its own counters stay readable until the loop has run the close callbacks. */
@@ -103,5 +106,7 @@ int sg_dns_apply_txt(sg_sandbox_t *rec, const char *txt, size_t len, const char 
 void sg_dns_source__set_max_entries(sg_dns_source_t *d, size_t max_entries);
 /* Tests only: cached entries (answered, not in flight). */
 size_t sg_dns_source__cached(const sg_dns_source_t *d);
+/* Tests only: requests waiting for an answer (cancelled ones excluded). */
+size_t sg_dns_source__waiting(const sg_dns_source_t *d);
 
 #endif

@@ -24,6 +24,7 @@
 
 #include "core/log.h"
 #include "route/dns.h"
+#include "route/dns_internal.h"
 #include "route/lookup.h"
 
 /* ------------------------------------------------------------------ TXT */
@@ -653,7 +654,7 @@ static void test_nxdomain_negative_cache(void **state)
     fx_t *f = *state;
     sg_dns_source_close(f->src);
     run_for(f, 1);
-    fx_conf(f, 200, 0, 60000, 150); /* negative_ttl 150 ms */
+    fx_conf(f, 200, 0, 60000, 500); /* negative_ttl 500 ms */
     fx_open_source(f);
     zone_set(&f->dns, "txtonly", (zone_rec_t){.ttl = 60, .txt = {"owner=x"}});
 
@@ -678,7 +679,7 @@ static void test_nxdomain_negative_cache(void **state)
 
     /* after negative_ttl, the name is asked again and now exists */
     zone_set(&f->dns, "missing", (zone_rec_t){.a = "10.9.9.9", .ttl = 60});
-    sleep_ms(200);
+    sleep_ms(600);
     uv_update_time(&f->loop);
     assert_int_equal(lookup(f, &req, &res, "missing"), 0);
     run_until(f, &res.done);
@@ -717,6 +718,7 @@ static void test_coalescing(void **state)
     const sg_dns_stats_t *st = sg_dns_source_stats(f->src);
     assert_int_equal(sg_counter_get(&st->queries), 1);
     assert_int_equal(sg_counter_get(&st->coalesced), N_COALESCE - 1);
+    assert_int_equal(sg_dns_source__waiting(f->src), 0);
 }
 
 static void test_silent_server_fails_uncached(void **state)
@@ -803,7 +805,7 @@ static void test_ttl_clamp_and_refresh(void **state)
     fx_t *f = *state;
     sg_dns_source_close(f->src);
     run_for(f, 1);
-    fx_conf(f, 200, 100, 300, 60000); /* ttl clamped to [100 ms, 300 ms] */
+    fx_conf(f, 200, 300, 900, 60000); /* ttl clamped to [300 ms, 900 ms] */
     fx_open_source(f);
     zone_set(&f->dns, "zero", (zone_rec_t){.a = "10.0.0.1", .ttl = 0});
     zone_set(&f->dns, "long", (zone_rec_t){.a = "10.0.0.2", .ttl = 86400});
@@ -818,7 +820,7 @@ static void test_ttl_clamp_and_refresh(void **state)
     /* TTL 0 still cached for ttl_min */
     assert_int_equal(lookup(f, &req, &res, "zero"), 1);
     release(&res);
-    sleep_ms(150);
+    sleep_ms(400);
     uv_update_time(&f->loop);
     zone_set(&f->dns, "zero", (zone_rec_t){.a = "10.0.0.3", .ttl = 0});
     assert_int_equal(lookup(f, &req, &res, "zero"), 0); /* expired after ttl_min */
@@ -829,7 +831,7 @@ static void test_ttl_clamp_and_refresh(void **state)
     release(&held);
     assert_int_equal(lookup(f, &req, &res, "long"), 1); /* within ttl_max */
     release(&res);
-    sleep_ms(200);
+    sleep_ms(600);
     uv_update_time(&f->loop);
     assert_int_equal(lookup(f, &req, &res, "long"), 0); /* clamped to ttl_max */
     run_until(f, &res.done);
@@ -884,6 +886,107 @@ static void test_eviction_expired_first(void **state)
         assert_int_equal(lookup(f, &req, &res, live[i]), 1);
         release(&res);
     }
+}
+
+/* Counters can live in the caller's storage (a worker's stats), which stays
+ * readable after the source is gone. */
+static void test_external_stats(void **state)
+{
+    fx_t *f = *state;
+    static sg_dns_stats_t mine;
+    memset(&mine, 0, sizeof(mine));
+    sg_dns_source_set_stats(f->src, &mine);
+    assert_ptr_equal(sg_dns_source_stats(f->src), &mine);
+    zone_set(&f->dns, "st", (zone_rec_t){.a = "10.0.0.1", .ttl = 60});
+    sg_lookup_req_t req;
+    result_t res;
+    assert_int_equal(lookup(f, &req, &res, "st"), 0);
+    run_until(f, &res.done);
+    release(&res);
+    assert_int_equal(lookup(f, &req, &res, "st"), 1);
+    release(&res);
+    sg_dns_source_close(f->src);
+    f->closed = 1;
+    run_for(f, 5);
+    assert_int_equal(sg_counter_get(&mine.queries), 1);
+    assert_int_equal(sg_counter_get(&mine.cache_hits), 1);
+}
+
+/* Thousands of requests wait for one id and most of them cancel, in random
+ * order: each cancel is O(1) through the waiter index, the rest are told. */
+#define N_HERD 5000
+
+static void test_herd_cancel(void **state)
+{
+    fx_t *f = *state;
+    atomic_store(&f->dns.mute, 1); /* answer after the timeout: FAILED */
+    static sg_lookup_req_t reqs[N_HERD];
+    static result_t res[N_HERD];
+    static int cancelled[N_HERD];
+    srand(7);
+    for (int i = 0; i < N_HERD; i++) {
+        cancelled[i] = 0;
+        assert_int_equal(lookup(f, &reqs[i], &res[i], "herd"), 0);
+    }
+    assert_int_equal(sg_dns_source__waiting(f->src), N_HERD);
+    int left = N_HERD;
+    for (int n = 0; n < N_HERD * 2 / 3; n++) {
+        int i = rand() % N_HERD;
+        if (cancelled[i]) continue;
+        sg_lookup_cancel(&reqs[i]);
+        cancelled[i] = 1;
+        left--;
+    }
+    int last = N_HERD - 1;
+    while (cancelled[last]) last--;
+    run_until(f, &res[last].done);
+    int told = 0;
+    for (int i = 0; i < N_HERD; i++) {
+        assert_int_equal(res[i].done, !cancelled[i]);
+        if (res[i].done) {
+            assert_int_equal(res[i].err, SG_ERR_LOOKUP_FAILED);
+            told++;
+        }
+    }
+    assert_int_equal(told, left);
+    assert_int_equal(total_queries(&f->dns, 0), 1);
+    assert_int_equal(sg_dns_source__waiting(f->src), 0);
+}
+
+/* The waiter index against a plain array, with random puts and takes. */
+static void test_waitmap(void **state)
+{
+    enum { N = 3000 };
+    static sg_lookup_req_t reqs[N];
+    static int in[N];
+    static size_t idx[N];
+    sg_dns_waitmap_t m = {0};
+    size_t want;
+    assert_int_equal(sg_dns__waitmap_take(&m, &reqs[0], &want), 0);
+    srand(11);
+    for (int round = 0; round < 200000; round++) {
+        int i = rand() % N;
+        if (!in[i] || rand() % 3 == 0) {
+            idx[i] = (size_t)rand();
+            sg_dns__waitmap_put(&m, &reqs[i], idx[i]);
+            in[i] = 1;
+        } else {
+            size_t got = 0;
+            assert_int_equal(sg_dns__waitmap_take(&m, &reqs[i], &got), 1);
+            assert_int_equal(got, idx[i]);
+            in[i] = 0;
+            assert_int_equal(sg_dns__waitmap_take(&m, &reqs[i], &got), 0);
+        }
+    }
+    size_t count = 0;
+    for (int i = 0; i < N; i++) {
+        size_t got = 0;
+        assert_int_equal(sg_dns__waitmap_take(&m, &reqs[i], &got), in[i]);
+        if (in[i]) assert_int_equal(got, idx[i]), count++;
+    }
+    assert_int_equal(m.count, 0);
+    assert_true(count > 0);
+    sg_dns__waitmap_free(&m);
 }
 
 static void test_bad_ids_not_asked(void **state)
@@ -1055,6 +1158,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ttl_clamp_and_refresh, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_eviction_bound, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_eviction_expired_first, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_external_stats, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_herd_cancel, fx_setup, fx_teardown),
+        cmocka_unit_test(test_waitmap),
         cmocka_unit_test_setup_teardown(test_bad_ids_not_asked, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_close_with_pending, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_callback_cancels_or_closes, fx_setup, fx_teardown),
