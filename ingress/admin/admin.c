@@ -58,19 +58,32 @@ static void write_cb(uv_write_t *req, int status)
 static const char *reason(int status)
 {
     switch (status) {
-    case 200: return "OK";
-    case 201: return "Created";
-    case 204: return "No Content";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 409: return "Conflict";
-    case 411: return "Length Required";
-    case 413: return "Payload Too Large";
-    case 500: return "Internal Server Error";
-    case 503: return "Service Unavailable";
-    default: return "Unknown";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 204:
+        return "No Content";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 409:
+        return "Conflict";
+    case 411:
+        return "Length Required";
+    case 413:
+        return "Payload Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 503:
+        return "Service Unavailable";
+    default:
+        return "Unknown";
     }
 }
 
@@ -304,9 +317,9 @@ int sg_admin_start(uv_loop_t *loop, const sg_admin_conf_t *conf, sg_store_t *sto
             sg_admin_close(a);
             return UV_EACCES;
         }
-        int rc = sg_listener_open(loop, &a->listeners[i],
-                                  (const struct sockaddr *)&conf->listens[i].addr, 128,
-                                  on_connection);
+        int rc =
+            sg_listener_open(loop, &a->listeners[i],
+                             (const struct sockaddr *)&conf->listens[i].addr, 128, on_connection);
         if (rc) {
             sg_log_error("admin listen %s: %s", conf->listens[i].text, uv_strerror(rc));
             sg_admin_close(a);

@@ -7,7 +7,6 @@
 #include <stddef.h>
 #include <string.h>
 
-
 static void header(sg_strbuf_t *o, const char *name, const char *type, const char *help)
 {
     sg_strbuf_appendf(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
@@ -38,8 +37,8 @@ static void histogram(sg_strbuf_t *o, const sg_worker_t *w, unsigned n, const ch
             sg_strbuf_appendf(o, "%s_bucket{le=\"+Inf\"} %llu\n", name,
                               (unsigned long long)cumulative);
     }
-    sg_strbuf_appendf(o, "%s_sum %.6f\n%s_count %llu\n", name,
-                      (double)sum_at(w, n, sum_off) / 1e6, name, (unsigned long long)cumulative);
+    sg_strbuf_appendf(o, "%s_sum %.6f\n%s_count %llu\n", name, (double)sum_at(w, n, sum_off) / 1e6,
+                      name, (unsigned long long)cumulative);
 }
 
 void sg_metrics_render(const sg_worker_t *w, unsigned n, int draining, sg_strbuf_t *o)
@@ -91,8 +90,7 @@ void sg_metrics_render(const sg_worker_t *w, unsigned n, int draining, sg_strbuf
     for (int s = 0; s < 3; s++)
         for (int r = 0; r < 4; r++)
             sg_strbuf_appendf(o, "sandgate_lookups_total{source=\"%s\",result=\"%s\"} %llu\n",
-                              sources[s], results[r],
-                              (unsigned long long)W(stats.lookups[s][r]));
+                              sources[s], results[r], (unsigned long long)W(stats.lookups[s][r]));
 
     header(o, "sandgate_dns_total", "counter", "DNS source activity.");
     static const struct {
