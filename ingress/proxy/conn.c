@@ -7,6 +7,7 @@
 #include "http/rewrite.h"
 #include "net/listener.h"
 #include "net/proxy_protocol.h"
+#include "route/limits.h"
 #include "route/mask.h"
 #include "tls/tls.h"
 
@@ -48,15 +49,15 @@ static void timer_closed_cb(uv_handle_t *h)
 /* The exchange is over once its last response byte is queued: the slot of
  * max_incoming_connections goes back then, not when the client has read it
  * all or closed. */
-static void release_slot(sg_conn_t *c)
+void sg_conn_release_slot(sg_conn_t *c)
 {
-    if (c->counted_active) atomic_fetch_sub_explicit(&c->sandbox->active, 1, memory_order_relaxed);
+    if (c->counted_active) sg_limit_release(sg_slice(c->sandbox->id, c->sandbox->id_len));
     c->counted_active = 0;
 }
 
 static void drop_sandbox(sg_conn_t *c)
 {
-    release_slot(c);
+    sg_conn_release_slot(c);
     if (c->sandbox) sg_sandbox_unref(c->sandbox);
     c->sandbox = NULL;
 }
@@ -245,7 +246,7 @@ void sg_conn_client_flushed(sg_conn_t *c)
 void sg_conn_request_finished(sg_conn_t *c)
 {
     if (c->closing) return;
-    release_slot(c);
+    sg_conn_release_slot(c);
     sg_conn_observe(c, SG_ERR_NONE);
     c->state = (c->close_after || !c->keep_alive || !c->req_done) ? SG_CONN_LINGER : SG_CONN_HEAD;
     c->awaiting_flush = c->state == SG_CONN_HEAD;
@@ -284,8 +285,8 @@ void sg_conn_send_error(sg_conn_t *c, sg_err_t err, const char *detail, int port
     sg_log_debug("conn %s: %d %s", c->client_addr, c->status, sg_err_name(err));
     c->res_started = c->res_done = 1;
     c->req_done = c->req.message_done;
+    sg_conn_release_slot(c); /* before the bytes can reach the client */
     sg_relay_write_strbuf(c, 0, &c->res_out);
-    release_slot(c);
     sg_conn_observe(c, err);
     c->state = keep ? SG_CONN_HEAD : SG_CONN_LINGER;
     c->awaiting_flush = keep;
@@ -466,9 +467,8 @@ static void on_sandbox(sg_conn_t *c, sg_err_t err, sg_sandbox_t *sb)
         }
     }
     if (sb->max_connections) {
-        unsigned now = atomic_fetch_add_explicit(&sb->active, 1, memory_order_relaxed) + 1;
-        c->counted_active = 1;
-        if (now > sb->max_connections) {
+        c->counted_active = sg_limit_acquire(sg_slice(sb->id, sb->id_len), sb->max_connections);
+        if (!c->counted_active) {
             char detail[96];
             snprintf(detail, sizeof(detail), "the limit is %u concurrent connections",
                      sb->max_connections);

@@ -132,6 +132,10 @@ void sg_conn_send_error(sg_conn_t *c, sg_err_t err, const char *detail, int port
 void sg_conn_arm_timer(sg_conn_t *c, sg_timer_kind_t kind, uint64_t ms);
 void sg_conn_update_reading(sg_conn_t *c);
 void sg_conn_request_finished(sg_conn_t *c);
+/* Gives back the sandbox's max_incoming_connections slot; called before the
+ * last response bytes are queued so a client that already has its whole
+ * response can never find the slot still taken. */
+void sg_conn_release_slot(sg_conn_t *c);
 void sg_conn_client_flushed(sg_conn_t *c);
 void sg_conn_upstream_ready(sg_conn_t *c, sg_upstream_t *up, int from_pool);
 void sg_conn_feed_body(sg_conn_t *c, const char *data, size_t len, sg_buf_t *buf);

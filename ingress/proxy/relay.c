@@ -227,6 +227,7 @@ static void final_head(sg_conn_t *c, size_t head_len)
     sg_strbuf_reset(&c->res_out);
     sg_http_rewrite_response(&c->response, client_keep, c->request.minor_version, &c->res_out);
     size_t body_end = tunnel ? head_len : c->res_parsed;
+    if (c->res.message_done && !tunnel) sg_conn_release_slot(c);
     sg_strbuf_append(&c->res_out, c->res_head.base + head_len, body_end - head_len);
     c->res_started = 1;
     sg_relay_write_strbuf(c, 0, &c->res_out);
@@ -293,6 +294,7 @@ static void response_body_input(sg_conn_t *c, const char *data, size_t len, sg_b
 {
     size_t consumed = 0;
     llhttp_errno_t err = sg_h1_execute(&c->res, NULL, data, len, &consumed);
+    if (c->res.message_done) sg_conn_release_slot(c);
     if (consumed) sg_relay_write(c, 0, data, consumed, buf);
     if (err != HPE_OK) {
         sg_log_info("sandbox %.*s: invalid response body: %s", (int)c->route.id.len,

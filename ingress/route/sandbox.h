@@ -17,9 +17,10 @@ typedef struct sg_sandbox_s {
     char *mask;                     /* NULL: forward Host unchanged */
     int has_token;                  /* requests must carry the traffic access token */
     unsigned char token_sha256[32]; /* SHA-256 of the token (the token itself is never kept) */
-    unsigned max_connections;       /* concurrent exchanges allowed; 0 = unlimited */
-    _Atomic unsigned active;        /* exchanges in flight now (all workers) */
-    const char *source;             /* "static", "admin" or "dns": metrics and logs */
+    /* Concurrent exchanges allowed, 0 = unlimited. Counted per id in
+     * route/limits.h, across workers and across copies of the record. */
+    unsigned max_connections;
+    const char *source; /* "static", "admin" or "dns": metrics and logs */
 } sg_sandbox_t;
 
 /* Copies id/addr/mask; returns a record with one reference and no token or

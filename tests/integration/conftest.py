@@ -939,3 +939,160 @@ def parse_prometheus(text):
             assert g["count"] == b[-1][1], "%s: _count != +Inf bucket" % name
             assert g["sum"] is not None and g["sum"] >= 0, "%s: _sum" % name
     return m
+
+
+# ---------------------------------------------------------------------------
+# DNS server (test_dns.py): dns_server.py (python3-dnslib) as a subprocess on
+# 127.0.0.1, a JSON zone the test edits while it runs, per-name query counts
+# and a mute switch.
+
+DNS_ZONE = "sandboxes.test"
+DNS_SERVER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dns_server.py")
+
+
+class DnsServer:
+    """A running dns_server.py. `records` maps a name relative to the zone
+    to its entry (see dns_server.py's docstring); `write()` publishes them."""
+
+    def __init__(self, workdir, zone=DNS_ZONE):
+        self.workdir = workdir
+        self.zone = zone
+        self.zone_file = os.path.join(workdir, "dns_zone.json")
+        self.stats_file = os.path.join(workdir, "dns_stats.json")
+        self.mute_file = os.path.join(workdir, "dns_mute")
+        self.ready_file = os.path.join(workdir, "dns_ready")
+        self.stderr_path = os.path.join(workdir, "dns_server.stderr")
+        self.records = {}
+        self.ttl = 30
+        # The SOA minimum: deliberately longer than sandgate's negative_ttl,
+        # which (not this) must bound how long NXDOMAIN is remembered.
+        self.negative_ttl = 30
+        self.proc = None
+        self.port = None
+        self._last_sig = None
+
+    # -- process -------------------------------------------------------------
+    def start(self):
+        import json
+
+        self.write()
+        for p in (self.ready_file, self.mute_file):
+            if os.path.exists(p):
+                os.unlink(p)
+        self.proc = subprocess.Popen(
+            ["/usr/bin/python3", DNS_SERVER_SCRIPT, "--port", "0", "--addr", "127.0.0.1",
+             "--zone-file", self.zone_file, "--stats-file", self.stats_file,
+             "--mute-file", self.mute_file, "--ready-file", self.ready_file],
+            stdout=subprocess.DEVNULL, stderr=open(self.stderr_path, "wb"), stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("dns_server.py exited with %s:\n%s" % (self.proc.returncode, self.stderr_text()))
+            if os.path.exists(self.ready_file):
+                with open(self.ready_file) as f:
+                    self.port = int(f.read().strip())
+                with open(self.stats_file) as f:
+                    json.load(f)
+                return self
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError("dns_server.py not ready within 15s:\n" + self.stderr_text())
+
+    def stop(self):
+        """SIGTERM by PID, SIGKILL after 5 s. Returns a problem or None."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else (
+                "dns_server.py exited during the test with %s:\n%s" % (self.proc.returncode, self.stderr_text()))
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return "dns_server.py ignored SIGTERM"
+        return None
+
+    def stderr_text(self):
+        try:
+            with open(self.stderr_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    @property
+    def address(self):
+        return "127.0.0.1:%d" % self.port
+
+    def sandgate_conf(self, **overrides):
+        """The `dns:` section for sandgate (these tests' defaults)."""
+        conf = {"zone": self.zone, "servers": [self.address], "timeout": "300ms", "tries": 1,
+                "ttl_min": "1s", "ttl_max": "5m", "negative_ttl": "1s"}
+        conf.update(overrides)
+        return conf
+
+    # -- zone ------------------------------------------------------------------
+    def write(self):
+        """Publishes self.records atomically; the server sees the change at its
+        next query (it compares mtime, size and inode)."""
+        import json
+
+        doc = {"zone": self.zone, "ttl": self.ttl, "negative_ttl": self.negative_ttl,
+               "records": self.records}
+        tmp = self.zone_file + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(doc, f)
+        os.replace(tmp, self.zone_file)
+        st = os.stat(self.zone_file)
+        sig = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if sig == self._last_sig:
+            # same size, recycled inode, same coarse timestamp: make it differ
+            os.utime(self.zone_file, ns=(st.st_atime_ns, st.st_mtime_ns + 1000))
+            st = os.stat(self.zone_file)
+            sig = (st.st_mtime_ns, st.st_size, st.st_ino)
+        self._last_sig = sig
+
+    def set(self, name, **entry):
+        """Sets (replaces) one name's entry, e.g. set("box", A="127.0.0.2",
+        TXT=["k=v"], ttl=1), and publishes the zone."""
+        self.records[name] = entry
+        self.write()
+
+    def remove(self, name):
+        self.records.pop(name, None)
+        self.write()
+
+    def mute(self):
+        open(self.mute_file, "w").close()
+
+    def unmute(self):
+        if os.path.exists(self.mute_file):
+            os.unlink(self.mute_file)
+
+    # -- counters --------------------------------------------------------------
+    def stats(self):
+        import json
+
+        with open(self.stats_file) as f:
+            return json.load(f)
+
+    def fqdn(self, name):
+        return "%s.%s" % (name, self.zone)
+
+    def queries(self, name, qtype="A"):
+        """Queries of this type received for <name>.<zone> (dropped ones too)."""
+        per = self.stats()["names"].get(self.fqdn(name).lower(), {})
+        return per.get(qtype, 0) if qtype != "total" else per.get("total", 0)
+
+
+@pytest.fixture
+def dns_server(tmp_path):
+    """A DnsServer on 127.0.0.1 (free port), empty zone `sandboxes.test`;
+    stopped by PID at teardown."""
+    d = tmp_path / "dns"
+    d.mkdir()
+    srv = DnsServer(str(d)).start()
+    yield srv
+    problem = srv.stop()
+    if problem:
+        pytest.fail(problem, pytrace=False)
