@@ -23,7 +23,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #define CHECK(cond)                                                                                \
     do {                                                                                           \
         if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);              \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);               \
             abort();                                                                               \
         }                                                                                          \
     } while (0)
@@ -154,8 +154,8 @@ static result_t parse(const char *s, size_t len)
     sg_route_t untouched = res.r;
     res.reason = (const char *)1;
 
-    res.err = sg_route_parse_host(sg_slice(copy, len), domains, N_DOMAINS, lower, &res.r,
-                                  &res.reason);
+    res.err =
+        sg_route_parse_host(sg_slice(copy, len), domains, N_DOMAINS, lower, &res.r, &res.reason);
     CHECK(res.err == SG_ERR_NONE || res.err == SG_ERR_HOST_MISSING ||
           res.err == SG_ERR_HOST_MALFORMED || res.err == SG_ERR_HOST_UNKNOWN_DOMAIN);
     CHECK(memchr(lower, '\0', SG_HOST_MAX + 1) != NULL);
@@ -194,8 +194,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         /* lower is the lower-cased name without port and trailing dot. */
         size_t ll = strlen(a.lower);
         CHECK(ll <= size);
-        for (size_t i = 0; i < ll; i++)
-            CHECK(a.lower[i] == (char)to_lower((unsigned char)s[i]));
+        for (size_t i = 0; i < ll; i++) CHECK(a.lower[i] == (char)to_lower((unsigned char)s[i]));
         CHECK(ll == size || s[ll] == ':' || (s[ll] == '.' && (ll + 1 == size || s[ll + 1] == ':')));
     }
 

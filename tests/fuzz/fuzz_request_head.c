@@ -50,7 +50,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #define CHECK(cond)                                                                                \
     do {                                                                                           \
         if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);              \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);               \
             abort();                                                                               \
         }                                                                                          \
     } while (0)
@@ -134,10 +134,17 @@ static size_t next_read(reader_t *r, const char **out)
     if (!left) return 0;
     uint32_t x = next_rand(r);
     switch (x & 3) {
-    case 0: n = 1; break;
-    case 1: n = 1 + ((x >> 2) & 7); break;
-    case 2: n = 1 + ((x >> 2) & 63); break;
-    default: n = left;
+    case 0:
+        n = 1;
+        break;
+    case 1:
+        n = 1 + ((x >> 2) & 7);
+        break;
+    case 2:
+        n = 1 + ((x >> 2) & 63);
+        break;
+    default:
+        n = left;
     }
     if (n > left) n = left;
     *out = (const char *)r->data + r->pos;
@@ -234,12 +241,12 @@ static void check_errpage(sg_err_t err, const char *detail, sg_slice_t sandbox_i
     sg_http_response_t res;
     sg_h1_response_view(&rp, out.base, head_len, &res);
     CHECK(res.status == status && res.minor_version == 1);
-    const sg_header_t *cl = sg_http_find_header(res.headers, res.n_headers,
-                                                SG_SLICE_LIT("Content-Length"));
-    const sg_header_t *xe = sg_http_find_header(res.headers, res.n_headers,
-                                                SG_SLICE_LIT("X-Sandgate-Error"));
-    const sg_header_t *conn = sg_http_find_header(res.headers, res.n_headers,
-                                                  SG_SLICE_LIT("Connection"));
+    const sg_header_t *cl =
+        sg_http_find_header(res.headers, res.n_headers, SG_SLICE_LIT("Content-Length"));
+    const sg_header_t *xe =
+        sg_http_find_header(res.headers, res.n_headers, SG_SLICE_LIT("X-Sandgate-Error"));
+    const sg_header_t *conn =
+        sg_http_find_header(res.headers, res.n_headers, SG_SLICE_LIT("Connection"));
     CHECK(cl && xe);
     CHECK(eq(xe->value, sg_err_name(err)));
     CHECK(keep ? conn == NULL : (conn && eq(conn->value, "close")));
@@ -429,8 +436,7 @@ static void check_rewrite(const sg_http_request_t *r, const sg_rewrite_request_p
     size_t next = 0, hosts = 0, xffs = 0, xfhs = 0, xfps = 0, conns = 0;
     for (size_t i = 0; i < n; i++) {
         const line_t *l = &lines[i];
-        CHECK(!eq(l->name, "Keep-Alive") && !eq(l->name, "Proxy-Connection") &&
-              !eq(l->name, "TE"));
+        CHECK(!eq(l->name, "Keep-Alive") && !eq(l->name, "Proxy-Connection") && !eq(l->name, "TE"));
         if (p->strip_header.len) CHECK(!sg_slice_eq_nocase(l->name, p->strip_header));
         if (eq(l->name, "Host") && replace) {
             CHECK(same_bytes(l->value, p->host));
@@ -561,6 +567,8 @@ static int on_request_head(conn_t *c)
         return STOP;
     }
     CHECK(c->route.port >= 1 && c->route.id.len >= 1 && c->route.id.len <= 64);
+    /* The rewrite writes "HTTP/1.<minor>": only HTTP/1.x may get this far. */
+    CHECK(c->req.llhttp.http_major == 1 && r->minor_version <= 1);
     /* The page for a missing sandbox carries the routed id. */
     check_errpage(SG_ERR_SANDBOX_NOT_FOUND, NULL, c->route.id, 0, 1, c->head_method);
 

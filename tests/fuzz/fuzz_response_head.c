@@ -36,7 +36,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #define CHECK(cond)                                                                                \
     do {                                                                                           \
         if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);              \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);               \
             abort();                                                                               \
         }                                                                                          \
     } while (0)
@@ -106,10 +106,17 @@ static size_t next_read(reader_t *r, const char **out)
     x ^= x << 5;
     r->rng = x;
     switch (x & 3) {
-    case 0: n = 1; break;
-    case 1: n = 1 + ((x >> 2) & 7); break;
-    case 2: n = 1 + ((x >> 2) & 63); break;
-    default: n = left;
+    case 0:
+        n = 1;
+        break;
+    case 1:
+        n = 1 + ((x >> 2) & 7);
+        break;
+    case 2:
+        n = 1 + ((x >> 2) & 63);
+        break;
+    default:
+        n = left;
     }
     if (n > left) n = left;
     *out = (const char *)r->data + r->pos;
@@ -247,12 +254,9 @@ static void check_final(conn_t *c, size_t head_len, const sg_http_response_t *r,
     size_t next = 0, conns = 0;
     for (size_t i = 0; i < n; i++) {
         const line_t *l = &lines[i];
-        CHECK(!eq(l->name, "Keep-Alive") && !eq(l->name, "Proxy-Connection") &&
-              !eq(l->name, "TE"));
+        CHECK(!eq(l->name, "Keep-Alive") && !eq(l->name, "Proxy-Connection") && !eq(l->name, "TE"));
         if (eq(l->name, "Connection")) {
-            const char *want = r->status == 101 ? "upgrade"
-                               : !client_keep   ? "close"
-                                                : "keep-alive";
+            const char *want = r->status == 101 ? "upgrade" : !client_keep ? "close" : "keep-alive";
             CHECK(eq(l->value, want));
             CHECK(i == n - 1);
             conns++;
@@ -265,8 +269,7 @@ static void check_final(conn_t *c, size_t head_len, const sg_http_response_t *r,
         next++;
     }
     for (; next < r->n_headers; next++) CHECK(!kept(r, r->headers[next].name));
-    size_t want_conns =
-        (r->status == 101 || !client_keep || c->client_minor == 0) ? 1u : 0u;
+    size_t want_conns = (r->status == 101 || !client_keep || c->client_minor == 0) ? 1u : 0u;
     CHECK(conns == want_conns);
     if (close_after) CHECK(!client_keep);
     free(lines);
@@ -282,6 +285,13 @@ static int final_head(conn_t *c, size_t head_len)
     KNOWN_BUG(5, c->res.llhttp.http_major != 1);
     /* F1 (responses): empty field names are forwarded to the client. */
     for (size_t i = 0; i < r.n_headers; i++) KNOWN_BUG(1, r.headers[i].name.len == 0);
+    /* F10: "Transfer-Encoding: chunked<HTAB>" is not chunked to llhttp 8.1
+     * (the body runs to EOF) but the view trims the value, so the client is
+     * sent "Transfer-Encoding: chunked" and frames the body differently. */
+    for (size_t i = 0; i < r.n_headers; i++)
+        KNOWN_BUG(10, eq(r.headers[i].name, "Transfer-Encoding") &&
+                          !(c->res.llhttp.flags & F_CHUNKED) &&
+                          sg_http_value_has_token(r.headers[i].value, SG_SLICE_LIT("chunked")));
     CHECK(r.status >= 100 && r.status <= 999);
     int status = r.status;
     int tunnel = status == 101;
@@ -321,8 +331,12 @@ static int final_head(conn_t *c, size_t head_len)
         size_t used = 0;
         err = sg_h1_execute(&c->res, NULL, d, n, &used);
         CHECK(used <= n);
+        /* On an error relay.c still forwards the bytes before the error
+         * position (which may include the offending byte), then cuts the
+         * connection: the client sees a broken body, nothing to compare. */
+        if (err != HPE_OK) return STOP;
         if (used) client_feed(c, NULL, d, used, c->res.message_done);
-        if (err != HPE_OK || c->res.message_done) return STOP;
+        if (c->res.message_done) return STOP;
         CHECK(used == n);
     }
     /* upstream_ended: EOF completes a close-delimited body. */
@@ -395,8 +409,8 @@ static int head_input(conn_t *c)
          * Content-Length or Transfer-Encoding; relay.c forwards the head,
          * then resumes parsing after those body bytes, which vanish. */
         for (size_t i = 0; i < c->res.n_spans; i++) {
-            sg_slice_t nm = sg_slice(c->head.base + c->res.spans[i].name_off,
-                                     c->res.spans[i].name_len);
+            sg_slice_t nm =
+                sg_slice(c->head.base + c->res.spans[i].name_off, c->res.spans[i].name_len);
             KNOWN_BUG(9, eq(nm, "Content-Length") || eq(nm, "Transfer-Encoding"));
         }
         if (c->client_minor >= 1) {
