@@ -193,8 +193,12 @@ void sg_relay_detach_upstream(sg_conn_t *c, int reusable)
 static void response_complete(sg_conn_t *c)
 {
     c->res_done = 1;
-    int reusable =
-        !c->up_junk && c->req_done && !c->req_broken && llhttp_should_keep_alive(&c->res.llhttp);
+    /* Not after HEAD: its response carries the framing of a body that must
+     * not follow, and a sandbox that sends the body anyway would desync the
+     * next request on a reused connection. HEAD is rare; a new connection
+     * is cheap insurance. */
+    int reusable = !c->up_junk && c->req_done && !c->req_broken && !c->head_method &&
+                   llhttp_should_keep_alive(&c->res.llhttp);
     sg_relay_detach_upstream(c, reusable);
     sg_conn_request_finished(c);
 }

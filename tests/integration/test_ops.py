@@ -612,7 +612,7 @@ REQUIRED_FAMILIES = {
     "sandgate_workers": "gauge",
     "sandgate_draining": "gauge",
 }
-ALLOWED_LABELS = {"class", "code", "result", "source", "direction", "le"}
+ALLOWED_LABELS = {"class", "code", "result", "source", "direction", "le", "event"}
 
 
 def series_delta(before, after):
