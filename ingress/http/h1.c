@@ -47,9 +47,15 @@ static sg_h1_span_t *new_span(sg_h1_parser_t *p)
     return s;
 }
 
+/* Header callbacks. In the head, spans are recorded; in trailers (after
+ * headers_done) the same checks run but nothing is recorded, since trailers
+ * pass through as body bytes. Checks llhttp 8's strict mode lacks: a header
+ * line needs a name, and a value may not hold CR or LF (obs-fold). */
 static int on_header_field(llhttp_t *l, const char *at, size_t len)
 {
     sg_h1_parser_t *p = P(l);
+    if (len) p->named = 1; /* llhttp reports an empty name as one empty piece */
+    if (p->headers_done) return 0;
     if (!p->in_field) {
         if (!new_span(p)) {
             llhttp_set_error_reason(l, "too many header fields");
@@ -72,18 +78,35 @@ static int on_header_field_complete(llhttp_t *l)
 static int on_header_value(llhttp_t *l, const char *at, size_t len)
 {
     sg_h1_parser_t *p = P(l);
-    sg_h1_span_t *s = &p->spans[p->n_spans - 1];
-    if (!p->in_value) {
-        s->value_off = off_of(p, at);
-        p->in_value = 1;
+    if (!p->named) {
+        llhttp_set_error_reason(l, "empty header name");
+        return HPE_USER;
     }
+    /* llhttp hands a folded value over in pieces: a second piece of one
+     * value that does not start where this execute's data starts (a read
+     * boundary) is a continuation line. */
+    if (memchr(at, '\r', len) || memchr(at, '\n', len) || (p->in_value && at != p->exec_start)) {
+        llhttp_set_error_reason(l, "obsolete line folding");
+        return HPE_USER;
+    }
+    int first_piece = !p->in_value;
+    p->in_value = 1;
+    if (p->headers_done) return 0;
+    sg_h1_span_t *s = &p->spans[p->n_spans - 1];
+    if (first_piece) s->value_off = off_of(p, at);
     s->value_len = off_of(p, at + len) - s->value_off;
     return 0;
 }
 
 static int on_header_value_complete(llhttp_t *l)
 {
-    P(l)->in_value = 0;
+    sg_h1_parser_t *p = P(l);
+    p->in_value = 0;
+    if (!p->named) {
+        llhttp_set_error_reason(l, "empty header name");
+        return HPE_USER;
+    }
+    p->named = 0;
     return 0;
 }
 
@@ -137,6 +160,7 @@ void sg_h1_reset(sg_h1_parser_t *p, llhttp_type_t type)
     p->n_spans = 0;
     p->first_off = p->first_len = p->target_off = p->target_len = 0;
     p->in_field = p->in_value = p->headers_done = p->message_done = p->too_many = 0;
+    p->named = 0;
     p->skip_body = p->expect_upgrade = 0;
 }
 
@@ -152,6 +176,7 @@ llhttp_errno_t sg_h1_execute(sg_h1_parser_t *p, const char *base, const char *da
                              size_t *consumed)
 {
     p->base = base;
+    p->exec_start = data;
     llhttp_errno_t err = llhttp_execute(&p->llhttp, data, len);
     if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
         *consumed = (size_t)(llhttp_get_error_pos(&p->llhttp) - data);

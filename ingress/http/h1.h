@@ -20,12 +20,14 @@ typedef struct {
 
 typedef struct {
     llhttp_t llhttp;
-    const char *base; /* head buffer start for the current execute */
+    const char *base;       /* head buffer start for the current execute */
+    const char *exec_start; /* data of the current execute */
     sg_h1_span_t *spans;
     size_t n_spans, cap_spans, max_headers;
     uint32_t first_off, first_len; /* method / reason-phrase span */
     uint32_t target_off, target_len;
     unsigned in_field : 1, in_value : 1, headers_done : 1, message_done : 1, too_many : 1;
+    unsigned named : 1;          /* the current header line has a name */
     unsigned skip_body : 1;      /* response parser: caller says no body (HEAD) */
     unsigned expect_upgrade : 1; /* response parser: request asked to upgrade */
     sg_header_t *headers;        /* materialised view, reused */

@@ -347,6 +347,9 @@ void sg_conn_feed_body(sg_conn_t *c, const char *data, size_t len, sg_buf_t *buf
     size_t consumed = 0;
     llhttp_errno_t err = sg_h1_execute(&c->req, NULL, data, len, &consumed);
     c->req_bytes_in += consumed;
+    /* llhttp stops past the offending byte: forward nothing of a chunk that
+     * failed (the upstream connection is dropped with the request anyway). */
+    if (err != HPE_OK) consumed = 0;
     if (consumed) {
         c->body_streamed = 1;
         if (buf)
@@ -496,6 +499,7 @@ void sg_conn_upstream_ready(sg_conn_t *c, sg_upstream_t *up, int from_pool)
     c->res.expect_upgrade = c->upgrade;
     sg_strbuf_reset(&c->res_head);
     c->res_parsed = 0;
+    c->interim_count = 0;
     sg_stream_read_start(&up->stream, sg_relay_upstream_read_cb);
 
     if (!c->req_out.len) {
@@ -741,16 +745,26 @@ static void head_input(sg_conn_t *c)
                                c->req.too_many ? NULL : llhttp_errno_name(err), 0);
             return;
         }
+        const char *eol = memmem(c->req_head.base, c->req_head.len, "\r\n", 2);
         if (c->req_head.len > cfg->max_header_bytes) {
-            int no_line = memmem(c->req_head.base, c->req_head.len, "\r\n", 2) == NULL;
-            sg_conn_send_error(c, no_line ? SG_ERR_URI_TOO_LONG : SG_ERR_HEADERS_TOO_LARGE, NULL,
+            int long_line = !eol || (size_t)(eol - c->req_head.base) > cfg->max_header_bytes;
+            sg_conn_send_error(c, long_line ? SG_ERR_URI_TOO_LONG : SG_ERR_HEADERS_TOO_LARGE, NULL,
                                0);
+            return;
+        }
+        /* HTTP/0.9 ("GET /" and a line end) would wait for a version llhttp
+         * never gets: refuse it as soon as the line is complete. */
+        if (eol && !memmem(c->req_head.base, (size_t)(eol - c->req_head.base), " HTTP/", 6)) {
+            c->keep_alive = 0;
+            sg_conn_send_error(c, SG_ERR_BAD_REQUEST, "HTTP/0.9 is not supported", 0);
         }
         return;
     }
     c->req_head_len = sg_h1_head_length(c->req_head.base, c->req_head.len);
     if (!c->req_head_len || c->req_head_len > cfg->max_header_bytes) {
-        sg_conn_send_error(c, SG_ERR_HEADERS_TOO_LARGE, NULL, 0);
+        const char *eol = memmem(c->req_head.base, c->req_head.len, "\r\n", 2);
+        int long_line = !eol || (size_t)(eol - c->req_head.base) > cfg->max_header_bytes;
+        sg_conn_send_error(c, long_line ? SG_ERR_URI_TOO_LONG : SG_ERR_HEADERS_TOO_LARGE, NULL, 0);
         return;
     }
     const char *why = sg_h1_check_head_bytes(c->req_head.base, c->req_head_len);

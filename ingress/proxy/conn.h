@@ -89,6 +89,7 @@ struct sg_conn_s {
     sg_strbuf_t res_out;
     sg_http_response_t response;
     int status;
+    unsigned interim_count; /* 1xx responses passed on for this request */
 
     unsigned keep_alive : 1;  /* client asked to keep the connection */
     unsigned close_after : 1; /* close the client connection after this response */

@@ -15,6 +15,7 @@
 #define SG_LOW_WATER (128 * 1024)
 #define SG_MAX_WRITES 16
 #define SG_MAX_RESPONSE_HEAD (128 * 1024)
+#define SG_MAX_INTERIM 8
 
 static sg_fwd_write_t *fwd_get(sg_worker_t *w)
 {
@@ -270,8 +271,14 @@ static void response_head_input(sg_conn_t *c)
             return;
         }
         size_t head_len = sg_h1_head_length(c->res_head.base, c->res_head.len);
-        if (!head_len) {
-            sg_conn_send_error(c, SG_ERR_UPSTREAM_BAD_RESPONSE, "malformed response head", 0);
+        if (head_len > SG_MAX_RESPONSE_HEAD) {
+            sg_conn_send_error(c, SG_ERR_UPSTREAM_BAD_RESPONSE, "response head too large", 0);
+            return;
+        }
+        const char *why = head_len ? sg_h1_check_head_bytes(c->res_head.base, head_len)
+                                   : "malformed response head";
+        if (why) {
+            sg_conn_send_error(c, SG_ERR_UPSTREAM_BAD_RESPONSE, why, 0);
             return;
         }
         int status = c->res.llhttp.status_code;
@@ -280,7 +287,12 @@ static void response_head_input(sg_conn_t *c)
             return;
         }
         /* Interim response (100 Continue, 103 Early Hints): pass it on to
-         * HTTP/1.1 clients, then parse what follows as a new response. */
+         * HTTP/1.1 clients, then parse what follows as a new response. A
+         * handful is plenty; an endless stream is an attack on the client. */
+        if (++c->interim_count > SG_MAX_INTERIM) {
+            sg_conn_send_error(c, SG_ERR_UPSTREAM_BAD_RESPONSE, "too many interim responses", 0);
+            return;
+        }
         if (c->request.minor_version >= 1) write_heap_copy(c, 0, c->res_head.base, head_len);
         size_t rest = c->res_head.len - c->res_parsed;
         memmove(c->res_head.base, c->res_head.base + c->res_parsed, rest);
@@ -299,7 +311,7 @@ static void response_body_input(sg_conn_t *c, const char *data, size_t len, sg_b
     size_t consumed = 0;
     llhttp_errno_t err = sg_h1_execute(&c->res, NULL, data, len, &consumed);
     if (c->res.message_done) sg_conn_release_slot(c);
-    if (consumed) sg_relay_write(c, 0, data, consumed, buf);
+    if (consumed && err == HPE_OK) sg_relay_write(c, 0, data, consumed, buf);
     if (err != HPE_OK) {
         sg_log_info("sandbox %.*s: invalid response body: %s", (int)c->route.id.len,
                     c->route.id.base, llhttp_errno_name(err));

@@ -523,3 +523,305 @@ class WsBackend:
             return
         self.loop.call_soon_threadsafe(lambda: self.stop_fut.done() or self.stop_fut.set_result(None))
         self.thread.join(10)
+
+
+# ---------------------------------------------------------------------------
+# Strict request-stream parser and a recording backend (test_smuggling_table,
+# test_hostile). The parser answers "what would a strict HTTP/1.1 server make
+# of these bytes": a list of complete requests, where the data stopped, and
+# the first violation. Anything it calls an error is something a backend
+# could read in more than one way.
+
+import re as _re
+
+_TCHAR = _re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_TARGET = _re.compile(rb"[\x21-\x7e]+\Z")
+_VERSION = _re.compile(rb"HTTP/1\.[01]\Z")
+_FIELD_VALUE_BAD = _re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_HEX = _re.compile(rb"[0-9A-Fa-f]{1,15}\Z")
+
+
+class ParsedRequest:
+    def __init__(self, method, target, version, headers, raw_head):
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers  # [(name str, value str)]
+        self.raw_head = raw_head
+        self.body = b""
+        self.trailers = []
+        self.complete = False
+
+    def header_all(self, name):
+        return header_all(self.headers, name)
+
+    def __repr__(self):
+        return "<ParsedRequest %s %s complete=%s body=%d>" % (
+            self.method, self.target, self.complete, len(self.body))
+
+
+class StrictParseError(ValueError):
+    pass
+
+
+def _parse_one(data, pos):
+    """Parses one request at data[pos:]. Returns (ParsedRequest, end) for a
+    complete request, (ParsedRequest or None, None) when the data ends inside
+    it; raises StrictParseError on any violation."""
+    head_end = data.find(b"\r\n\r\n", pos)
+    if head_end < 0:
+        chunk = data[pos:]
+        for i, ch in enumerate(chunk):
+            if ch == 0x0A and (i == 0 or chunk[i - 1] != 0x0D):
+                raise StrictParseError("bare LF in head")
+        return None, None
+    raw_head = data[pos:head_end + 4]
+    lines = raw_head[:-4].split(b"\r\n")
+    for ln in lines:
+        if b"\n" in ln or b"\r" in ln:
+            raise StrictParseError("bare CR/LF in head")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3:
+        raise StrictParseError("request line %r" % lines[0])
+    method, target, version = parts
+    if not _TCHAR.match(method):
+        raise StrictParseError("method %r" % method)
+    if not _TARGET.match(target):
+        raise StrictParseError("target %r" % target)
+    if not _VERSION.match(version):
+        raise StrictParseError("version %r" % version)
+    headers = []
+    for ln in lines[1:]:
+        if ln[:1] in (b" ", b"\t"):
+            raise StrictParseError("obs-fold")
+        name, colon, value = ln.partition(b":")
+        if not colon or not _TCHAR.match(name):
+            raise StrictParseError("header line %r" % ln)
+        value = value.strip(b" \t")
+        if _FIELD_VALUE_BAD.search(value):
+            raise StrictParseError("control byte in %r" % ln)
+        headers.append((name.decode("latin-1"), value.decode("latin-1")))
+    req = ParsedRequest(method.decode(), target.decode("latin-1"), version.decode(), headers, raw_head)
+    if len(header_all(headers, "host")) != 1:
+        raise StrictParseError("Host count %d" % len(header_all(headers, "host")))
+    te = header_all(headers, "transfer-encoding")
+    cl = header_all(headers, "content-length")
+    p = head_end + 4
+    if te:
+        if cl or len(te) != 1 or te[0].lower() != "chunked" or version == b"HTTP/1.0":
+            raise StrictParseError("framing TE=%r CL=%r" % (te, cl))
+        body = bytearray()
+        while True:
+            eol = data.find(b"\r\n", p)
+            if eol < 0:
+                if b"\n" in data[p:]:
+                    raise StrictParseError("bare LF in chunk line")
+                req.body = bytes(body)
+                return req, None
+            line = data[p:eol]
+            size_s, _, ext = line.partition(b";")
+            if not _HEX.match(size_s) or b"\n" in ext or b"\r" in ext or _FIELD_VALUE_BAD.search(ext):
+                raise StrictParseError("chunk line %r" % line)
+            size = int(size_s, 16)
+            p = eol + 2
+            if size == 0:
+                break
+            if len(data) < p + size + 2:
+                body += data[p:p + size]
+                req.body = bytes(body)
+                return req, None
+            body += data[p:p + size]
+            if data[p + size:p + size + 2] != b"\r\n":
+                raise StrictParseError("chunk data not followed by CRLF")
+            p += size + 2
+        while True:  # trailers
+            eol = data.find(b"\r\n", p)
+            if eol < 0:
+                req.body = bytes(body)
+                return req, None
+            line = data[p:eol]
+            p = eol + 2
+            if not line:
+                break
+            name, colon, _ = line.partition(b":")
+            if not colon or not _TCHAR.match(name):
+                raise StrictParseError("trailer %r" % line)
+            req.trailers.append(line)
+        req.body = bytes(body)
+    elif cl:
+        if len(cl) != 1 or not _re.match(r"[0-9]{1,15}\Z", cl[0]):
+            raise StrictParseError("Content-Length %r" % cl)
+        n = int(cl[0])
+        if len(data) < p + n:
+            req.body = bytes(data[p:])
+            return req, None
+        req.body = bytes(data[p:p + n])
+        p += n
+    req.complete = True
+    return req, p
+
+
+def parse_request_stream(data):
+    """Splits the bytes one connection carried into requests.
+
+    Returns (requests, rest, error): every request parsed (the last one may be
+    incomplete, complete=False), the bytes after the last complete request
+    that did not start a request, and the first violation (or None)."""
+    data = bytes(data)
+    out = []
+    pos = 0
+    while pos < len(data):
+        try:
+            req, end = _parse_one(data, pos)
+        except StrictParseError as e:
+            return out, data[pos:], str(e)
+        if req is not None:
+            out.append(req)
+        if end is None:
+            return out, b"" if req is not None else data[pos:], None
+        pos = end
+    return out, b"", None
+
+
+class RecConn:
+    def __init__(self, cid, sock, peer):
+        self.id = cid
+        self.sock = sock
+        self.peer = peer
+        self.raw = bytearray()
+        self.answered = 0
+        self.end = None  # "eof" | "reset" once the peer went away
+        self.parse_error = None
+        self.refused = False  # answered 400 after a parse error
+
+
+class RecordingBackend:
+    """Reads everything each connection sends (no cap, no framing
+    assumptions), parses it with parse_request_stream and answers every
+    complete, valid request with 200 and a small JSON body
+    {"target", "body_len", "n"} (n = index on the connection). After a parse
+    error it answers 400 with Connection: close once, shuts down its write
+    side and only records from then on. `respond=False` records without
+    answering."""
+
+    def __init__(self, addr="127.0.0.3", port=0, respond=True):
+        self.addr = addr
+        self.respond = respond
+        self.lsock = socket.socket()
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind((addr, port))
+        self.port = self.lsock.getsockname()[1]
+        self.conns = []
+        self.cond = threading.Condition()
+        self.stopping = False
+        self.threads = []
+
+    def start(self):
+        self.lsock.listen(128)
+        self.lsock.settimeout(0.1)
+        t = threading.Thread(target=self._accept, daemon=True)
+        t.start()
+        self.threads.append(t)
+        return self
+
+    def stop(self):
+        self.stopping = True
+        self.threads[0].join(5)
+        self.lsock.close()
+        with self.cond:
+            conns = list(self.conns)
+        for c in conns:
+            try:
+                c.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for t in self.threads[1:]:
+            t.join(5)
+
+    def _accept(self):
+        while not self.stopping:
+            try:
+                s, peer = self.lsock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            s.settimeout(0.2)
+            with self.cond:
+                c = RecConn(len(self.conns) + 1, s, peer)
+                self.conns.append(c)
+                self.cond.notify_all()
+            t = threading.Thread(target=self._serve, args=(c,), daemon=True)
+            self.threads.append(t)
+            t.start()
+
+    def _serve(self, c):
+        try:
+            while True:
+                try:
+                    d = c.sock.recv(65536)
+                except socket.timeout:
+                    if self.stopping:
+                        break
+                    continue
+                except OSError:
+                    c.end = "reset"
+                    break
+                if not d:
+                    c.end = "eof"
+                    break
+                with self.cond:
+                    c.raw += d
+                    reqs, _, err = parse_request_stream(c.raw)
+                    c.parse_error = err
+                    todo = [r for r in reqs if r.complete][c.answered:]
+                    self.cond.notify_all()
+                if not self.respond:
+                    continue
+                if err:
+                    if not c.refused:
+                        # a strict server answers 400 and stops answering;
+                        # keep recording whatever else arrives
+                        c.refused = True
+                        try:
+                            c.sock.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n"
+                                           b"Connection: close\r\n\r\n")
+                            c.sock.shutdown(socket.SHUT_WR)
+                        except OSError:
+                            pass
+                    continue
+                for r in todo:
+                    body = json.dumps({"target": r.target, "body_len": len(r.body), "n": c.answered}).encode()
+                    try:
+                        c.sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                       b"Content-Length: %d\r\n\r\n" % len(body) + body)
+                    except OSError:
+                        break
+                    c.answered += 1
+        finally:
+            with self.cond:
+                if c.end is None:
+                    c.end = "closed"
+                self.cond.notify_all()
+            try:
+                c.sock.close()
+            except OSError:
+                pass
+
+    def wait_for(self, pred, timeout):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                v = pred()
+                if v or time.monotonic() >= deadline:
+                    return v
+                self.cond.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+
+    def snapshot(self):
+        """[(conn id, raw bytes, end)] of every connection so far."""
+        with self.cond:
+            return [(c.id, bytes(c.raw), c.end) for c in self.conns]
+
+    def all_closed(self):
+        with self.cond:
+            return all(c.end is not None for c in self.conns)
