@@ -5,7 +5,7 @@ PY := /usr/bin/python3
 BUILD := build
 BUILD_ASAN := build-asan
 
-.PHONY: all deps build build-asan run test fuzz fuzz-ci bench format format-check clean
+.PHONY: all deps build build-asan run test test-docker fuzz bench format format-check clean
 
 all: build
 
@@ -33,13 +33,16 @@ test: build build-asan format-check
 	@SANDGATE_BIN=$(CURDIR)/$(BUILD)/sandgate $(PY) -m pytest -q -p no:cacheprovider tests/integration
 	@echo "== integration tests (ASan+UBSan)"
 	@SANDGATE_BIN=$(CURDIR)/$(BUILD_ASAN)/sandgate SANDGATE_SANITIZED=1 $(PY) -m pytest -q -p no:cacheprovider tests/integration
-	@echo "== fuzzing (short, every harness)"
-	@./tests/fuzz/run.sh 15
+	@echo "== docker image and compose stack"
+	@$(PY) tests/docker/test_docker.py
 
 # libFuzzer harnesses (clang, ASan+UBSan): FUZZ_SECONDS per harness.
 FUZZ_SECONDS ?= 60
 fuzz: deps
 	@./tests/fuzz/run.sh $(FUZZ_SECONDS)
+
+test-docker: deps
+	@$(PY) tests/docker/test_docker.py
 
 # Side-by-side benchmark against nginx and HAProxy (installs them).
 bench: build

@@ -130,6 +130,10 @@ void sg_admin__error(sg_admin_conn_t *c, int status, const char *field, const ch
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    /* Messages may quote client bytes: keep them printable ASCII so the JSON
+     * string is always valid (jansson refuses invalid UTF-8). */
+    for (char *q = msg; *q; q++)
+        if ((unsigned char)*q < 0x20 || (unsigned char)*q >= 0x7f) *q = '?';
     json_t *o = json_object();
     json_object_set_new(o, "message", json_string(msg));
     if (field) json_object_set_new(o, "field", json_string(field));
@@ -222,6 +226,7 @@ not_allowed:
 
 static void process(sg_admin_conn_t *c)
 {
+    c->head_only = 0; /* a previous HEAD must not shape this answer */
     size_t consumed = 0;
     llhttp_errno_t err = sg_h1_execute(&c->parser, c->in.base, c->in.base + c->parsed,
                                        c->in.len - c->parsed, &consumed);

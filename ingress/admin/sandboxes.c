@@ -161,7 +161,7 @@ static void list_sandboxes(sg_admin_conn_t *c, sg_slice_t query)
     size_t limit = SG_ADMIN_PAGE_DEFAULT;
     char after[SG_SANDBOX_ID_MAX + 1] = "";
     /* query: limit=N&after=ID, nothing else */
-    const char *p = query.base, *end = query.base + query.len;
+    const char *p = query.base, *end = query.base ? query.base + query.len : NULL;
     while (p && p < end) {
         const char *amp = memchr(p, '&', (size_t)(end - p));
         const char *stop = amp ? amp : end;

@@ -158,6 +158,10 @@ void sg_config__verror(sg_config__errs_t *e, const char *source, size_t line, co
         sg_strbuf_appendf(&e->buf, "%s: ", source);
     char msg[512];
     vsnprintf(msg, sizeof(msg), fmt, ap);
+    /* Messages quote keys and values from the file: one message stays one
+     * printable line whatever they hold. */
+    for (char *q = msg; *q; q++)
+        if ((unsigned char)*q < 0x20 || (unsigned char)*q == 0x7f) *q = '?';
     sg_strbuf_append_cstr(&e->buf, msg);
 }
 

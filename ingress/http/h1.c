@@ -82,15 +82,18 @@ static int on_header_value(llhttp_t *l, const char *at, size_t len)
         llhttp_set_error_reason(l, "empty header name");
         return HPE_USER;
     }
-    /* llhttp hands a folded value over in pieces: a second piece of one
-     * value that does not start where this execute's data starts (a read
-     * boundary) is a continuation line. */
-    if (memchr(at, '\r', len) || memchr(at, '\n', len) || (p->in_value && at != p->exec_start)) {
+    /* llhttp hands a folded value over in pieces. A later piece of one value
+     * is legitimate only when the previous piece ran to the end of the
+     * previous execute's data and this one starts this execute's data (a
+     * read boundary inside the value); any other piece is a fold. */
+    int split = at == p->exec_start && p->last_value_end == p->prev_exec_end;
+    if (memchr(at, '\r', len) || memchr(at, '\n', len) || (p->in_value && !split)) {
         llhttp_set_error_reason(l, "obsolete line folding");
         return HPE_USER;
     }
     int first_piece = !p->in_value;
     p->in_value = 1;
+    p->last_value_end = at + len;
     if (p->headers_done) return 0;
     sg_h1_span_t *s = &p->spans[p->n_spans - 1];
     if (first_piece) s->value_off = off_of(p, at);
@@ -107,6 +110,7 @@ static int on_header_value_complete(llhttp_t *l)
         return HPE_USER;
     }
     p->named = 0;
+    p->exec_start = p->exec_end = p->prev_exec_end = p->last_value_end = NULL;
     return 0;
 }
 
@@ -115,12 +119,35 @@ static int on_status(llhttp_t *l, const char *at, size_t len)
     return on_method(l, at, len); /* the reason phrase shares the first span */
 }
 
+/* "HTTP/1.x DDD" then SP or CR: llhttp 8 also takes other versions and
+ * status codes of more digits, which would be forwarded unchanged. */
+static int status_line_ok(const char *base)
+{
+    if (!base) return 1; /* not parsing from a head buffer */
+    while (base[0] == '\r' && base[1] == '\n') base += 2;
+    if (memcmp(base, "HTTP/1.", 7) != 0 || (base[7] != '0' && base[7] != '1') || base[8] != ' ')
+        return 0;
+    for (int i = 9; i < 12; i++)
+        if (base[i] < '0' || base[i] > '9') return 0;
+    return base[12] == ' ' || base[12] == '\r';
+}
+
 static int on_headers_complete(llhttp_t *l)
 {
     sg_h1_parser_t *p = P(l);
     p->headers_done = 1;
+    if (l->http_major != 1) {
+        llhttp_set_error_reason(l, "unsupported HTTP version");
+        return -1;
+    }
     if (l->type == HTTP_RESPONSE) {
+        if (l->status_code < 100 || l->status_code > 999 || !status_line_ok(p->base)) {
+            llhttp_set_error_reason(l, "malformed status line");
+            return -1;
+        }
         if (l->status_code == 101) return p->expect_upgrade ? 2 : -1;
+        /* 1xx never has content, whatever framing headers it carries. */
+        if (l->status_code < 200) return 1;
         /* No body whatever the framing headers say (RFC 9112 6.3). */
         if (p->skip_body || l->status_code == 204 || l->status_code == 304) return 1;
     }
@@ -176,7 +203,9 @@ llhttp_errno_t sg_h1_execute(sg_h1_parser_t *p, const char *base, const char *da
                              size_t *consumed)
 {
     p->base = base;
+    p->prev_exec_end = p->exec_end;
     p->exec_start = data;
+    p->exec_end = data + len;
     llhttp_errno_t err = llhttp_execute(&p->llhttp, data, len);
     if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
         *consumed = (size_t)(llhttp_get_error_pos(&p->llhttp) - data);
@@ -194,9 +223,20 @@ llhttp_errno_t sg_h1_finish(sg_h1_parser_t *p)
     return err == HPE_PAUSED ? HPE_OK : err;
 }
 
+size_t sg_h1_skip_blank_lines(const char *buf, size_t len)
+{
+    size_t i = 0;
+    while (i + 1 < len && buf[i] == '\r' && buf[i + 1] == '\n') i += 2;
+    return i;
+}
+
 size_t sg_h1_head_length(const char *buf, size_t len)
 {
-    const char *end = memmem(buf, len, "\r\n\r\n", 4);
+    /* llhttp skips empty lines before a start line; so must the search for
+     * the head's end, or CRLF CRLF + a whole head would look like an empty
+     * head followed by body bytes (a smuggling vector). */
+    size_t start = sg_h1_skip_blank_lines(buf, len);
+    const char *end = memmem(buf + start, len - start, "\r\n\r\n", 4);
     return end ? (size_t)(end - buf) + 4 : 0;
 }
 
@@ -244,10 +284,11 @@ void sg_h1_response_view(sg_h1_parser_t *p, const char *base, size_t head_len,
                          sg_http_response_t *out)
 {
     materialise(p, base);
-    const char *eol = memchr(base, '\r', head_len);
+    size_t start = sg_h1_skip_blank_lines(base, head_len);
+    const char *eol = memchr(base + start, '\r', head_len - start);
     out->status = p->llhttp.status_code;
     out->minor_version = p->llhttp.http_minor;
-    out->status_line = sg_slice(base, eol ? (size_t)(eol - base) : 0);
+    out->status_line = sg_slice(base + start, eol ? (size_t)(eol - base - start) : 0);
     out->headers = p->headers;
     out->n_headers = p->n_spans;
 }

@@ -22,6 +22,7 @@ typedef struct {
     llhttp_t llhttp;
     const char *base;       /* head buffer start for the current execute */
     const char *exec_start; /* data of the current execute */
+    const char *exec_end, *prev_exec_end, *last_value_end; /* obs-fold detection */
     sg_h1_span_t *spans;
     size_t n_spans, cap_spans, max_headers;
     uint32_t first_off, first_len; /* method / reason-phrase span */
@@ -48,6 +49,9 @@ llhttp_errno_t sg_h1_execute(sg_h1_parser_t *p, const char *base, const char *da
 
 /* Signals EOF: completes a close-delimited message. */
 llhttp_errno_t sg_h1_finish(sg_h1_parser_t *p);
+
+/* Bytes of empty lines (CRLF) before the start line, which llhttp skips. */
+size_t sg_h1_skip_blank_lines(const char *buf, size_t len);
 
 /* Offset just past the blank line ending the head in buf (0 if absent);
  * valid once headers_done. Strict parsing guarantees CRLF line ends. */

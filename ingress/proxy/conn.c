@@ -594,6 +594,14 @@ static sg_err_t validate_request(sg_conn_t *c, const char **detail)
             }
         }
     }
+    if (c->req.llhttp.http_major != 1) {
+        *detail = "unsupported HTTP version";
+        return SG_ERR_BAD_REQUEST;
+    }
+    if (te && !(c->req.llhttp.flags & F_CHUNKED)) {
+        *detail = "unsupported Transfer-Encoding";
+        return SG_ERR_BAD_REQUEST;
+    }
     if (te && r->minor_version == 0) {
         *detail = "Transfer-Encoding in an HTTP/1.0 request";
         return SG_ERR_BAD_REQUEST;
@@ -767,7 +775,8 @@ static void head_input(sg_conn_t *c)
         sg_conn_send_error(c, long_line ? SG_ERR_URI_TOO_LONG : SG_ERR_HEADERS_TOO_LARGE, NULL, 0);
         return;
     }
-    const char *why = sg_h1_check_head_bytes(c->req_head.base, c->req_head_len);
+    size_t blank = sg_h1_skip_blank_lines(c->req_head.base, c->req_head_len);
+    const char *why = sg_h1_check_head_bytes(c->req_head.base + blank, c->req_head_len - blank);
     if (why) {
         sg_conn_send_error(c, SG_ERR_BAD_REQUEST, why, 0);
         return;

@@ -224,6 +224,15 @@ static void tunnel_start(sg_conn_t *c)
 static void final_head(sg_conn_t *c, size_t head_len)
 {
     sg_h1_response_view(&c->res, c->res_head.base, head_len, &c->response);
+    /* A Transfer-Encoding llhttp did not take as chunked would be framed one
+     * way here and another way by the client once trimmed and forwarded. */
+    if (sg_http_find_header(c->response.headers, c->response.n_headers,
+                            SG_SLICE_LIT("transfer-encoding")) &&
+        !(c->res.llhttp.flags & F_CHUNKED) && !c->head_method) {
+        c->up_junk = 1;
+        sg_conn_send_error(c, SG_ERR_UPSTREAM_BAD_RESPONSE, "unsupported Transfer-Encoding", 0);
+        return;
+    }
     c->status = c->response.status;
     c->t_first_byte = uv_hrtime();
     int tunnel = c->status == 101;
@@ -275,8 +284,13 @@ static void response_head_input(sg_conn_t *c)
             sg_conn_send_error(c, SG_ERR_UPSTREAM_BAD_RESPONSE, "response head too large", 0);
             return;
         }
-        const char *why = head_len ? sg_h1_check_head_bytes(c->res_head.base, head_len)
-                                   : "malformed response head";
+        size_t blank = head_len ? sg_h1_skip_blank_lines(c->res_head.base, head_len) : 0;
+        const char *why = head_len
+                              ? sg_h1_check_head_bytes(c->res_head.base + blank, head_len - blank)
+                              : "malformed response head";
+        int status_code = c->res.llhttp.status_code;
+        if (!why && (c->res.llhttp.http_major != 1 || status_code < 100 || status_code > 999))
+            why = "unsupported version or status";
         if (why) {
             sg_conn_send_error(c, SG_ERR_UPSTREAM_BAD_RESPONSE, why, 0);
             return;
