@@ -8,6 +8,13 @@ static sg_h1_parser_t *P(llhttp_t *l)
     return (sg_h1_parser_t *)l; /* llhttp is the first member */
 }
 
+/* Positions for fold detection: offsets while parsing a head buffer (it
+ * may move between reads), addresses while parsing read buffers. */
+static uintptr_t pos_of(const sg_h1_parser_t *p, const char *at)
+{
+    return p->base ? (uintptr_t)(at - p->base) : (uintptr_t)at;
+}
+
 static uint32_t off_of(sg_h1_parser_t *p, const char *at)
 {
     return (uint32_t)(at - p->base);
@@ -86,14 +93,14 @@ static int on_header_value(llhttp_t *l, const char *at, size_t len)
      * is legitimate only when the previous piece ran to the end of the
      * previous execute's data and this one starts this execute's data (a
      * read boundary inside the value); any other piece is a fold. */
-    int split = at == p->exec_start && p->last_value_end == p->prev_exec_end;
+    int split = pos_of(p, at) == p->exec_start && p->last_value_end == p->prev_exec_end;
     if (memchr(at, '\r', len) || memchr(at, '\n', len) || (p->in_value && !split)) {
         llhttp_set_error_reason(l, "obsolete line folding");
         return HPE_USER;
     }
     int first_piece = !p->in_value;
     p->in_value = 1;
-    p->last_value_end = at + len;
+    p->last_value_end = pos_of(p, at + len);
     if (p->headers_done) return 0;
     sg_h1_span_t *s = &p->spans[p->n_spans - 1];
     if (first_piece) s->value_off = off_of(p, at);
@@ -110,7 +117,6 @@ static int on_header_value_complete(llhttp_t *l)
         return HPE_USER;
     }
     p->named = 0;
-    p->exec_start = p->exec_end = p->prev_exec_end = p->last_value_end = NULL;
     return 0;
 }
 
@@ -188,6 +194,7 @@ void sg_h1_reset(sg_h1_parser_t *p, llhttp_type_t type)
     p->first_off = p->first_len = p->target_off = p->target_len = 0;
     p->in_field = p->in_value = p->headers_done = p->message_done = p->too_many = 0;
     p->named = 0;
+    p->exec_start = p->exec_end = p->prev_exec_end = p->last_value_end = 0;
     p->skip_body = p->expect_upgrade = 0;
 }
 
@@ -204,8 +211,8 @@ llhttp_errno_t sg_h1_execute(sg_h1_parser_t *p, const char *base, const char *da
 {
     p->base = base;
     p->prev_exec_end = p->exec_end;
-    p->exec_start = data;
-    p->exec_end = data + len;
+    p->exec_start = pos_of(p, data);
+    p->exec_end = pos_of(p, data + len);
     llhttp_errno_t err = llhttp_execute(&p->llhttp, data, len);
     if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
         *consumed = (size_t)(llhttp_get_error_pos(&p->llhttp) - data);

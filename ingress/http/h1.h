@@ -20,9 +20,10 @@ typedef struct {
 
 typedef struct {
     llhttp_t llhttp;
-    const char *base;       /* head buffer start for the current execute */
-    const char *exec_start; /* data of the current execute */
-    const char *exec_end, *prev_exec_end, *last_value_end; /* obs-fold detection */
+    const char *base; /* head buffer start for the current execute */
+    /* obs-fold detection: where the current and previous execute's data
+     * lie and where the last value piece ended (see pos_of in h1.c) */
+    uintptr_t exec_start, exec_end, prev_exec_end, last_value_end;
     sg_h1_span_t *spans;
     size_t n_spans, cap_spans, max_headers;
     uint32_t first_off, first_len; /* method / reason-phrase span */
