@@ -77,7 +77,9 @@ void sg_upstream_pool_close(sg_upstream_pool_t *pool);
 size_t sg_upstream_make_key(char *key, const char *id, size_t id_len,
                             const struct sockaddr_storage *addr_with_port);
 
-/* Takes an idle connection for key (returns 1, *out set, no callback) or
+/* Takes an idle connection for key (returns 1, *out set, no callback; its
+ * read side is still started with the pool's callback, so the caller must
+ * call sg_stream_read_start or read_stop before returning to the loop) or
  * starts connecting to addr (returns 0; *out is the pending attempt, good
  * only for sg_upstream_cancel; cb fires later unless cancelled). Returns a
  * negative libuv error when a connect cannot even start. */

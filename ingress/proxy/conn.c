@@ -3,6 +3,7 @@
 #include "proxy/conn.h"
 
 #include "core/log.h"
+#include "core/accesslog.h"
 #include "http/errpage.h"
 #include "http/rewrite.h"
 #include "net/listener.h"
@@ -425,7 +426,9 @@ void sg_conn_get_upstream(sg_conn_t *c, int fresh)
     else
         ((struct sockaddr_in *)&addr)->sin_port = htons(c->route.port);
     char ip[INET6_ADDRSTRLEN] = "";
-    if (addr.ss_family == AF_INET6) {
+    if (!sg_accesslog_enabled()) {
+        /* only the access log shows it: no formatting per request otherwise */
+    } else if (addr.ss_family == AF_INET6) {
         uv_ip6_name((struct sockaddr_in6 *)&addr, ip, sizeof(ip));
         snprintf(c->upstream_addr, sizeof(c->upstream_addr), "[%s]:%u", ip, c->route.port);
     } else {

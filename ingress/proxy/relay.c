@@ -186,8 +186,9 @@ void sg_relay_detach_upstream(sg_conn_t *c, int reusable)
     if (!up) return;
     c->up = NULL;
     c->upstream_paused = 0;
-    sg_stream_read_stop(&up->stream);
     up->stream.data = up;
+    /* Released now, in this callback: a reusable connection gets the pool's
+     * read callback (no stop/start round trip), the others are closed. */
     sg_upstream_release(up, reusable);
 }
 
