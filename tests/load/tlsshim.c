@@ -23,12 +23,10 @@ static char version[32], cipher[96], group[32];
 long SSL_ctrl(SSL *s, int cmd, long larg, void *parg)
 {
     static long (*real)(SSL *, int, long, void *);
-    if (!real)
-        real = (long (*)(SSL *, int, long, void *))dlsym(RTLD_NEXT, "SSL_ctrl");
+    if (!real) real = (long (*)(SSL *, int, long, void *))dlsym(RTLD_NEXT, "SSL_ctrl");
     if (cmd == SSL_CTRL_SET_TLSEXT_HOSTNAME) {
         const char *sni = getenv("BENCH_SNI");
-        if (sni && *sni)
-            parg = (void *)sni;
+        if (sni && *sni) parg = (void *)sni;
     }
     return real(s, cmd, larg, parg);
 }
@@ -37,21 +35,18 @@ int SSL_connect(SSL *s)
 {
     static int (*real)(SSL *);
     static int resume = -1;
-    if (!real)
-        real = (int (*)(SSL *))dlsym(RTLD_NEXT, "SSL_connect");
+    if (!real) real = (int (*)(SSL *))dlsym(RTLD_NEXT, "SSL_connect");
     if (resume < 0) {
         const char *r = getenv("BENCH_RESUME");
         resume = !(r && strcmp(r, "0") == 0);
     }
     /* SSL_connect is called again while the handshake wants I/O; only
      * touch the session before the first flight. */
-    if (!resume && SSL_in_before(s))
-        SSL_set_session(s, NULL);
+    if (!resume && SSL_in_before(s)) SSL_set_session(s, NULL);
     int rc = real(s);
     if (rc == 1) {
         n_hs++;
-        if (SSL_session_reused(s))
-            n_resumed++;
+        if (SSL_session_reused(s)) n_resumed++;
         if (!version[0]) {
             snprintf(version, sizeof version, "%s", SSL_get_version(s));
             snprintf(cipher, sizeof cipher, "%s", SSL_get_cipher_name(s));
