@@ -308,7 +308,8 @@ static void response_head_input(sg_conn_t *c)
             sg_conn_send_error(c, SG_ERR_UPSTREAM_BAD_RESPONSE, "too many interim responses", 0);
             return;
         }
-        if (c->request.minor_version >= 1) write_heap_copy(c, 0, c->res_head.base, head_len);
+        if (c->request.minor_version >= 1)
+            write_heap_copy(c, 0, c->res_head.base + blank, head_len - blank);
         size_t rest = c->res_head.len - c->res_parsed;
         memmove(c->res_head.base, c->res_head.base + c->res_parsed, rest);
         c->res_head.len = rest;

@@ -190,13 +190,7 @@ static response_t check_response(const char *r, size_t len, int head_only)
             if (res.status >= 400 && res.status != 500) {
                 json_t *m = json_object_get(out.json, "message");
                 json_t *f = json_object_get(out.json, "field");
-#ifdef SG_FUZZ_TOLERATE_KNOWN
-                /* F13 (open, README.md): sg_admin__error drops the message
-                 * when it is not valid UTF-8 (jansson's error text quotes a
-                 * partial character; a 512-byte cut can split one). */
-                if (m)
-#endif
-                    CHECK(json_is_string(m) && json_string_length(m) > 0);
+                CHECK(json_is_string(m) && json_string_length(m) > 0);
                 CHECK(f == NULL || json_is_string(f));
                 CHECK(json_integer_value(json_object_get(out.json, "code")) == res.status);
             }
@@ -309,15 +303,10 @@ static void flush_write(run_t *r, int head_only)
         uv_write_cb cb = fake.write_cb;
         /* The server omits the body when it believes the request was HEAD. */
         const sg_admin_conn_t *c = req->data;
-        /* F14 (open, README.md): head_only is left over from the previous
-         * request when process() answers a malformed or oversized one, so
-         * after a HEAD its 400/413 goes out without the body its
-         * Content-Length announces. */
+        /* A malformed or oversized request is never answered as HEAD (F14:
+         * head_only used to be left over from the previous request). */
         llhttp_errno_t perr = llhttp_get_errno(&c->parser.llhttp);
         int broken = (perr != HPE_OK && perr != HPE_PAUSED) || !c->parser.message_done;
-#ifdef SG_FUZZ_TOLERATE_KNOWN
-        broken = 0;
-#endif
         if (broken && c->head_only) CHECK(c->parser.llhttp.method == HTTP_HEAD);
         response_t res = check_response(fake.written, fake.written_len, head_only || c->head_only);
         free(fake.written);
@@ -452,25 +441,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint8_t flags = data[0];
     start(&r, (flags >> 1) & 1);
     if (flags & 1) {
-#ifdef SG_FUZZ_TOLERATE_KNOWN
-        /* F12 (open, README.md): GET /v1/sandboxes without a query computes
-         * NULL + 0 in list_sandboxes (UBSan: pointer-overflow). */
-        if (memmem(data, size, "/v1/sandboxes", 13)) {
-            const uint8_t *p = data;
-            int hit = 0;
-            while ((p = memmem(p, size - (size_t)(p - data), "/v1/sandboxes", 13)) != NULL) {
-                size_t i = (size_t)(p - data) + 13;
-                if (i < size && data[i] == '/') i++;
-                if (i >= size || data[i] != '?') hit = 1;
-                p += 13;
-                if ((size_t)(p - data) >= size) break;
-            }
-            if (hit) {
-                finish(&r);
-                return 0;
-            }
-        }
-#endif
         /* Raw mode: reads of 1..64 bytes or all that is left. */
         uint32_t x = 0x27D4EB2Du ^ data[1];
         size_t pos = 2;
