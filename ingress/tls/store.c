@@ -84,7 +84,10 @@ static int ticket_cb(SSL *ssl, unsigned char key_name[16], unsigned char *iv, EV
             EVP_MAC_CTX_set_params(hctx, params) != 1)
             rc = -1;
         else
-            rc = which == 0 ? 1 : 2; /* 2: valid but old, issue a fresh ticket */
+            /* 2 = valid, and issue a fresh ticket: clients (browsers, wrk) use
+             * each ticket once, so a resumed session must get a new one or
+             * every other connection does a full handshake. */
+            rc = 2;
     }
     OPENSSL_cleanse(&k, sizeof(k));
     return rc;

@@ -18,6 +18,7 @@ Environment:
                           stop before starting (default 180; a third of it
                           before each scenario)
   SANDGATE_BIN=PATH       sandgate binary (default build/sandgate)
+  BENCH_REPORT_FROM=FILE  only print the tables again from a saved latest.json
 """
 
 import atexit
@@ -855,7 +856,8 @@ def machine_info():
         "cpu": "%s, %d cores" % (model, os.cpu_count()),
         "mem": "%.0f GiB" % mem,
         "kernel": platform.release(),
-        "sandgate": "%s, %s" % (ver([SANDGATE_BIN, "--version"]), commit),
+        "sandgate": "%s, %s, binary sha256 %s" % (ver([SANDGATE_BIN, "--version"]), commit,
+                                                   hashlib.sha256(open(SANDGATE_BIN, "rb").read()).hexdigest()[:12]),
         "nginx": ver(["/usr/sbin/nginx", "-v"]),
         "haproxy": ver(["/usr/sbin/haproxy", "-v"]),
         "wrk": ver(["wrk", "-v"]),
@@ -877,10 +879,10 @@ def report(info, results, idle, ws, started, finished):
                                                info["wrk"].split(" Copyright")[0], info["openssl"]))
     L.append("")
     L.append("Columns: req/s and MiB/s as wrk saw them; p50/p99 latency; proxy CPU = utime+stime of all its "
-             "threads and processes over the run, as % of one core; per CPU-s = requests (MiB for the 1 MiB rows) "
+             "threads and processes over the run, as %% of one core; per CPU-s = requests (MiB for the 1 MiB rows) "
              "per proxy CPU-second; RSS after the run (nginx: master + worker); up/1k = new upstream "
              "connections the backend accepted per 1000 requests; core0 = how busy the client core (wrk + "
-             "backend) was; bg = CPU used by anything else on the machine during the run, % of one core (should "
+             "backend) was; bg = CPU used by anything else on the machine during the run, %% of one core (should "
              "be ~0; high values mean the row is disturbed); err = non-2xx + socket errors; vs best = sandgate / "
              "the best peer on that row (req/s; per CPU-s). Background load at start: %.0f%% of a core." % info.get("bg_start", 0))
     L.append("")
@@ -1131,14 +1133,26 @@ def preflight():
     return lock
 
 
+def report_from_json(path):
+    d = json.load(open(path))
+    sys.stdout.write(report(d["info"], d["results"], d.get("idle"), d.get("ws"), d.get("started", 0),
+                            d.get("finished", 0)))
+
+
 def main():
-    global WORK, BACKEND
+    global WORK, BACKEND, SANDGATE_BIN
+    if os.environ.get("BENCH_REPORT_FROM"):
+        return report_from_json(os.environ["BENCH_REPORT_FROM"])
     started = time.time()
     if not os.access(SANDGATE_BIN, os.X_OK):
         sys.exit("sandgate binary not found: %s (make build)" % SANDGATE_BIN)
     lock = preflight()  # noqa: F841 (held until exit)
     WORK = tempfile.mkdtemp(prefix="sandgate-bench.")
     os.chmod(WORK, 0o755)  # nginx workers run as www-data
+    # a private copy: a rebuild of build/sandgate during the run changes nothing
+    copy = os.path.join(WORK, "sandgate.bin")
+    shutil.copy2(SANDGATE_BIN, copy)
+    SANDGATE_BIN = copy
     atexit.register(stop_all)
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, lambda *_: sys.exit(130))
@@ -1186,6 +1200,7 @@ def main():
     log("all proxies answer 200 over HTTP and HTTPS")
 
     results = {}
+    raw = {}
     for scen in SCENARIOS:
         if not want(scen["key"]):
             continue
@@ -1218,6 +1233,9 @@ def main():
             log("%s sandgate handshakes (server's view): %s" % (
                 scen["key"], {k.split("{")[1]: hs1[k] - hs0.get(k, 0) for k in hs1}))
         results[scen["key"]] = {n: summarize(rs, scen) for n, rs in runs.items()}
+        raw[scen["key"]] = runs
+        with open(os.path.join(HERE, "results", "partial.json"), "w") as f:
+            json.dump({"info": info, "results": results, "idle": idle, "raw": raw}, f, indent=1)
 
     ws = None
     if want("ws"):
@@ -1228,11 +1246,12 @@ def main():
         procs[n].stop()
 
     finished = time.time()
+    with open(os.path.join(HERE, "results", "latest.json"), "w") as f:
+        json.dump({"info": info, "results": results, "idle": idle, "ws": ws, "started": started,
+                   "finished": finished, "raw": raw}, f, indent=1)
     text = report(info, results, idle, ws, started, finished)
     with open(os.path.join(HERE, "results", "latest.md"), "w") as f:
         f.write(text)
-    with open(os.path.join(HERE, "results", "latest.json"), "w") as f:
-        json.dump({"info": info, "results": results, "idle": idle, "ws": ws}, f, indent=1)
     sys.stdout.write(text)
 
     if PROFILE:
