@@ -195,6 +195,10 @@ static void reset_request(sg_conn_t *c)
     drop_sandbox(c);
     sg_h1_reset(&c->req, HTTP_REQUEST);
     sg_h1_reset(&c->res, HTTP_RESPONSE);
+    /* The view points into the previous head's buffer: an error page or log
+     * line for a head rejected before its own view is built must not read
+     * it (wrong facts at best, freed memory at worst). */
+    c->request = (sg_http_request_t){0};
     c->req_parsed = c->req_head_len = 0;
     c->retried = c->up_from_pool = 0;
     c->status = 0;

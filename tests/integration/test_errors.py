@@ -167,6 +167,20 @@ def test_headers_too_large(sandgate_factory, backends):
     assert b"X-H299" not in a.raw_all() and b"a" * 10000 not in a.raw_all()
 
 
+def test_rejected_head_is_not_judged_by_the_previous_request(sandgate_factory, backends):
+    """A head refused before its own view is built (431 here) on a kept-alive
+    connection must not be answered from the previous request's headers: the
+    first asks for HTML, the second does not, so its error must be JSON."""
+    a, _ = backends
+    sg = sandgate_factory(limits={"max_header_size": "8KiB"})
+    with Conn(sg.port, timeout=5 * SCALE) as c:
+        r = c.request("GET", "/echo", host=sg.host(a.port),
+                      headers=[("Accept", "text/html,*/*;q=0.8"), ("Sec-Fetch-Mode", "navigate")])
+        assert r.status == 200, r
+        r = c.request("GET", "/echo", host=sg.host(a.port), headers=[("X-Big", "a" * 10000)])
+        check_json(r, 431, "headers_too_large")
+
+
 @pytest.mark.parametrize("host,status,name", [
     ("3000-ab_c.sandbox.test", 400, "host_malformed"),
     ("3000-abc.example.com", 421, "host_unknown_domain"),
