@@ -1,6 +1,7 @@
-/* The DNS lookup source: c-ares on a libuv loop, request coalescing and
- * the lookup interface. The cache table is in dns_cache.c, the TXT settings
- * parser in dns_txt.c.
+/* The DNS lookup source: the c-ares questions and answers, request
+ * coalescing and the lookup interface. The channel and its loop glue are
+ * net/resolver, the cache table is in dns_cache.c, the TXT settings parser
+ * in dns_txt.c.
  *
  * Shape: one cache entry per sandbox id. An entry is either in flight
  * (PENDING: three c-ares queries outstanding and a list of waiting requests)
@@ -8,6 +9,7 @@
  * entry is refreshed in place when the next request for it comes. */
 #include "route/dns_internal.h"
 #include "core/log.h"
+#include "net/resolver.h"
 
 #include <arpa/inet.h>
 #include <stdio.h>
@@ -23,13 +25,6 @@
 #define DNS_ZONE_MAX 189 /* 63 + '.' + 189 = 253, the longest name */
 #define DNS_MAX_ADDRS 32 /* addresses read per answer (the first one is used) */
 
-typedef struct dns_poll_s {
-    uv_poll_t handle;
-    ares_socket_t fd;
-    sg_dns_source_t *d;
-    struct dns_poll_s *next;
-} dns_poll_t;
-
 /* Requests being told an answer. Cancel must reach them too: a callback may
  * cancel another request of the same batch. Lives on complete()'s stack. */
 typedef struct dns_batch_s {
@@ -41,13 +36,8 @@ typedef struct dns_batch_s {
 struct sg_dns_source_s {
     sg_lookup_source_t src;
     uv_loop_t *loop;
-    ares_channel channel;
-    uv_timer_t timer;
-    dns_poll_t *polls;
-    unsigned open_handles; /* timer + polls; d is freed when the last one closes */
-    unsigned depth;        /* nesting of calls into c-ares */
-    int closing;           /* sg_dns_source_close was called */
-    int torn_down;         /* channel destroyed, entries freed, handles closing */
+    sg_resolver_t *resolver; /* d is freed when it has closed */
+    int closing;             /* sg_dns_source_close was called */
 
     char *zone;
     size_t zone_len;
@@ -74,116 +64,6 @@ static void add_waiter(sg_dns_source_t *d, sg_dns_entry_t *e, sg_lookup_req_t *r
     }
     sg_dns__waitmap_put(&d->waiting, req, e->n_waiters);
     e->waiters[e->n_waiters++] = req;
-}
-
-/* ---- driving c-ares from the loop */
-
-static void teardown(sg_dns_source_t *d);
-static void on_timer(uv_timer_t *t);
-
-static void rearm_timer(sg_dns_source_t *d)
-{
-    struct timeval tv;
-    struct timeval *t = ares_timeout(d->channel, NULL, &tv);
-    if (!t) {
-        uv_timer_stop(&d->timer);
-        return;
-    }
-    uint64_t ms = (uint64_t)t->tv_sec * 1000 + ((uint64_t)t->tv_usec + 999) / 1000;
-    uv_timer_start(&d->timer, on_timer, ms, 0);
-}
-
-/* Every entry into c-ares goes through here so that a close requested from
- * a callback (which runs inside ares_process_fd) waits until c-ares has
- * returned before the channel is destroyed. */
-static void process(sg_dns_source_t *d, ares_socket_t rfd, ares_socket_t wfd)
-{
-    d->depth++;
-    ares_process_fd(d->channel, rfd, wfd);
-    d->depth--;
-    if (d->depth) return;
-    if (d->closing)
-        teardown(d);
-    else
-        rearm_timer(d);
-}
-
-static void on_timer(uv_timer_t *t)
-{
-    process(t->data, ARES_SOCKET_BAD, ARES_SOCKET_BAD);
-}
-
-static void on_poll(uv_poll_t *h, int status, int events)
-{
-    dns_poll_t *p = h->data;
-    ares_socket_t rfd = ARES_SOCKET_BAD, wfd = ARES_SOCKET_BAD;
-    if (status < 0) {
-        /* libuv stopped the handle; let c-ares see the error on both sides */
-        rfd = wfd = p->fd;
-    } else {
-        if (events & UV_READABLE) rfd = p->fd;
-        if (events & UV_WRITABLE) wfd = p->fd;
-    }
-    process(p->d, rfd, wfd);
-}
-
-static void handle_closed(sg_dns_source_t *d)
-{
-    if (--d->open_handles == 0 && d->torn_down) free(d);
-}
-
-static void on_poll_closed(uv_handle_t *h)
-{
-    dns_poll_t *p = h->data;
-    sg_dns_source_t *d = p->d;
-    free(p);
-    handle_closed(d);
-}
-
-static void on_timer_closed(uv_handle_t *h)
-{
-    handle_closed(h->data);
-}
-
-static void poll_close(dns_poll_t *p)
-{
-    uv_close((uv_handle_t *)&p->handle, on_poll_closed);
-}
-
-/* c-ares tells which sockets it wants watched; (0, 0) means it is about to
- * close the socket, so the handle is stopped now (uv_close stops at once,
- * and a new socket may reuse the descriptor right away). */
-static void on_sock_state(void *data, ares_socket_t fd, int readable, int writable)
-{
-    sg_dns_source_t *d = data;
-    dns_poll_t **pp = &d->polls;
-    while (*pp && (*pp)->fd != fd) pp = &(*pp)->next;
-    dns_poll_t *p = *pp;
-    if (!readable && !writable) {
-        if (p) {
-            *pp = p->next;
-            poll_close(p);
-        }
-        return;
-    }
-    if (!p) {
-        p = calloc(1, sizeof(*p));
-        if (!p) abort();
-        int rc = uv_poll_init_socket(d->loop, &p->handle, fd);
-        if (rc) {
-            /* the query then times out and fails; nothing else to do */
-            sg_log_warn("dns: cannot watch socket %d: %s", (int)fd, uv_strerror(rc));
-            free(p);
-            return;
-        }
-        p->handle.data = p;
-        p->fd = fd;
-        p->d = d;
-        p->next = d->polls;
-        d->polls = p;
-        d->open_handles++;
-    }
-    uv_poll_start(&p->handle, (readable ? UV_READABLE : 0) | (writable ? UV_WRITABLE : 0), on_poll);
 }
 
 /* ---- answers */
@@ -255,7 +135,7 @@ static void on_answer(sg_dns_entry_t *e, int qtype, int status, const unsigned c
     sg_dns_source_t *d = e->d;
     e->outstanding--;
     /* Closing: the channel is being (or about to be) destroyed and the
-     * entries freed by teardown; nobody is told anything. */
+     * entries freed once the resolver has closed; nobody is told anything. */
     if (d->closing) return;
     const char *what = qtype == DNS_TYPE_A ? "A" : qtype == DNS_TYPE_AAAA ? "AAAA" : "TXT";
     switch (status) {
@@ -382,7 +262,8 @@ static sg_lookup_result_t settle(sg_dns_source_t *d, sg_dns_entry_t *e, sg_sandb
 
 /* Tells every waiter. Runs inside a c-ares callback; a waiter's callback may
  * start or cancel lookups (cancel reaches the batch) or close the source
- * (then the rest are dropped and teardown waits for process()). */
+ * (then the rest are dropped and the resolver's teardown waits until c-ares
+ * has returned). */
 static void complete(sg_dns_source_t *d, sg_dns_entry_t *e)
 {
     dns_batch_t b = {.next = d->batches, .reqs = e->waiters, .n = e->n_waiters};
@@ -422,13 +303,13 @@ static void issue(sg_dns_source_t *d, sg_dns_entry_t *e)
     e->ttl_s = -1;
     e->issuing = 1;
     e->outstanding = 3;
-    d->depth++;
-    ares_query(d->channel, name, DNS_CLASS_IN, DNS_TYPE_A, on_a, e);
-    ares_query(d->channel, name, DNS_CLASS_IN, DNS_TYPE_AAAA, on_aaaa, e);
-    ares_query(d->channel, name, DNS_CLASS_IN, DNS_TYPE_TXT, on_txt, e);
-    d->depth--;
+    ares_channel ch = sg_resolver_channel(d->resolver);
+    sg_resolver_enter(d->resolver);
+    ares_query(ch, name, DNS_CLASS_IN, DNS_TYPE_A, on_a, e);
+    ares_query(ch, name, DNS_CLASS_IN, DNS_TYPE_AAAA, on_aaaa, e);
+    ares_query(ch, name, DNS_CLASS_IN, DNS_TYPE_TXT, on_txt, e);
     e->issuing = 0;
-    rearm_timer(d);
+    sg_resolver_leave(d->resolver);
 }
 
 /* ---- the lookup source */
@@ -484,7 +365,6 @@ static sg_lookup_result_t dns_start(sg_lookup_source_t *src, sg_lookup_req_t *re
 static void dns_cancel(sg_lookup_source_t *src, sg_lookup_req_t *req)
 {
     sg_dns_source_t *d = src->data;
-    if (d->torn_down) return;
     sg_slice_t id = sg_slice(req->id, req->id_len);
     size_t i;
     if (!sg_dns__waitmap_take(&d->waiting, req, &i)) return;
@@ -528,45 +408,11 @@ static int check_zone(const char *zone, size_t *len)
     return 0;
 }
 
-static int set_servers(ares_channel ch, const sg_dns_conf_t *conf)
-{
-    struct ares_addr_port_node *nodes = calloc(conf->n_servers, sizeof(*nodes));
-    if (!nodes) return ARES_ENOMEM;
-    for (size_t i = 0; i < conf->n_servers; i++) {
-        const struct sockaddr_storage *ss = &conf->servers[i];
-        struct ares_addr_port_node *n = &nodes[i];
-        uint16_t port;
-        if (ss->ss_family == AF_INET) {
-            const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
-            n->family = AF_INET;
-            n->addr.addr4 = sin->sin_addr;
-            port = ntohs(sin->sin_port);
-        } else if (ss->ss_family == AF_INET6) {
-            const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
-            n->family = AF_INET6;
-            memcpy(&n->addr.addr6, &sin6->sin6_addr, sizeof(n->addr.addr6));
-            port = ntohs(sin6->sin6_port);
-        } else {
-            free(nodes);
-            return ARES_EBADFAMILY;
-        }
-        n->udp_port = n->tcp_port = port ? port : 53;
-        n->next = i + 1 < conf->n_servers ? &nodes[i + 1] : NULL;
-    }
-    int rc = ares_set_servers_ports(ch, nodes);
-    free(nodes);
-    return rc;
-}
-
 int sg_dns_source_new(uv_loop_t *loop, const sg_dns_conf_t *conf, sg_dns_source_t **out)
 {
     size_t zone_len;
     if (!conf || !conf->zone || conf->n_servers == 0 || !conf->servers) return UV_EINVAL;
     if (check_zone(conf->zone, &zone_len) != 0) return UV_EINVAL;
-    for (size_t i = 0; i < conf->n_servers; i++) {
-        sa_family_t f = conf->servers[i].ss_family;
-        if (f != AF_INET && f != AF_INET6) return UV_EINVAL;
-    }
 
     sg_dns_source_t *d = calloc(1, sizeof(*d));
     if (!d) return UV_ENOMEM;
@@ -584,39 +430,18 @@ int sg_dns_source_new(uv_loop_t *loop, const sg_dns_conf_t *conf, sg_dns_source_
     d->negative_ttl_ms = conf->negative_ttl_ms;
     d->stats = &d->own_stats;
 
-    /* Only our servers, only the exact name: no search list, no aliases,
-     * no resolv.conf (an empty file instead), no hosts file. */
-    char lookups[] = "b";
-    struct ares_options o;
-    memset(&o, 0, sizeof(o));
-    o.flags = ARES_FLAG_NOSEARCH | ARES_FLAG_NOALIASES;
-    o.timeout = conf->timeout_ms == 0          ? 1
-                : conf->timeout_ms > INT32_MAX ? INT32_MAX
-                                               : (int)conf->timeout_ms;
-    o.tries = conf->tries == 0 ? 1 : conf->tries > 100 ? 100 : (int)conf->tries;
-    o.domains = NULL;
-    o.ndomains = 0;
-    o.lookups = lookups;
-    o.sock_state_cb = on_sock_state;
-    o.sock_state_cb_data = d;
-    o.resolvconf_path = (char *)"/dev/null";
-    int mask = ARES_OPT_FLAGS | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES | ARES_OPT_DOMAINS |
-               ARES_OPT_LOOKUPS | ARES_OPT_SOCK_STATE_CB | ARES_OPT_NOROTATE | ARES_OPT_RESOLVCONF;
-    int rc = ares_init_options(&d->channel, &o, mask);
-    if (rc == ARES_SUCCESS) {
-        rc = set_servers(d->channel, conf);
-        if (rc != ARES_SUCCESS) ares_destroy(d->channel);
-    }
-    if (rc != ARES_SUCCESS) {
+    sg_resolver_opts_t opts = {.servers = conf->servers,
+                               .n_servers = conf->n_servers,
+                               .timeout_ms = conf->timeout_ms,
+                               .tries = conf->tries};
+    int rc = sg_resolver_new(loop, &opts, &d->resolver);
+    if (rc != 0) {
         sg_dns__cache_free(&d->cache);
         free(d->zone);
         free(d);
-        return rc == ARES_ENOMEM ? UV_ENOMEM : rc == ARES_EBADFAMILY ? UV_EINVAL : UV_EIO;
+        return rc;
     }
 
-    uv_timer_init(loop, &d->timer);
-    d->timer.data = d;
-    d->open_handles = 1;
     d->src =
         (sg_lookup_source_t){.name = "dns", .start = dns_start, .cancel = dns_cancel, .data = d};
     *out = d;
@@ -633,31 +458,23 @@ const sg_dns_stats_t *sg_dns_source_stats(const sg_dns_source_t *d)
     return d->stats;
 }
 
-/* Runs outside any c-ares call. ares_destroy answers every query with
- * ARES_EDESTRUCTION (on_answer ignores them while closing) and reports its
- * sockets closed; then the entries go and the handles close. */
-static void teardown(sg_dns_source_t *d)
+/* Runs from the resolver's last close callback: ares_destroy has answered
+ * every query (ARES_EDESTRUCTION, ignored by on_answer while closing), so
+ * no c-ares callback holds an entry any more. */
+static void on_resolver_closed(void *data)
 {
-    d->torn_down = 1;
-    ares_destroy(d->channel);
-    d->channel = NULL;
+    sg_dns_source_t *d = data;
     sg_dns__cache_free(&d->cache);
     sg_dns__waitmap_free(&d->waiting);
-    while (d->polls) {
-        dns_poll_t *p = d->polls;
-        d->polls = p->next;
-        poll_close(p);
-    }
     free(d->zone);
-    d->zone = NULL;
-    uv_close((uv_handle_t *)&d->timer, on_timer_closed);
+    free(d);
 }
 
 void sg_dns_source_close(sg_dns_source_t *d)
 {
     if (d->closing) return;
     d->closing = 1;
-    if (d->depth == 0) teardown(d);
+    sg_resolver_close(d->resolver, on_resolver_closed, d);
 }
 
 void sg_dns_source__set_max_entries(sg_dns_source_t *d, size_t max_entries)

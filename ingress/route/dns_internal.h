@@ -1,4 +1,4 @@
-/* Internals shared by dns.c (c-ares glue and the lookup source) and
+/* Internals shared by dns.c (c-ares questions and the lookup source) and
  * dns_cache.c (the per-worker table). Not for other modules. */
 #ifndef SG_ROUTE_DNS_INTERNAL_H
 #define SG_ROUTE_DNS_INTERNAL_H
