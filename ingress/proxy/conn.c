@@ -5,6 +5,7 @@
 #include "core/log.h"
 #include "core/accesslog.h"
 #include "http/errpage.h"
+#include "http/h1_head.h"
 #include "http/rewrite.h"
 #include "net/listener.h"
 #include "net/proxy_protocol.h"
@@ -559,87 +560,6 @@ void sg_conn_upstream_ready(sg_conn_t *c, sg_upstream_t *up, int from_pool)
     sg_conn_update_reading(c);
 }
 
-/* Absolute-form target: returns the authority, or an empty slice. */
-static sg_slice_t absolute_authority(sg_slice_t target, int *bad)
-{
-    sg_slice_t none = {NULL, 0};
-    size_t skip = 0;
-    if (target.len >= 7 && sg_slice_eq_nocase(sg_slice(target.base, 7), SG_SLICE_LIT("http://")))
-        skip = 7;
-    else if (target.len >= 8 &&
-             sg_slice_eq_nocase(sg_slice(target.base, 8), SG_SLICE_LIT("https://")))
-        skip = 8;
-    if (!skip) return none;
-    size_t end = skip;
-    while (end < target.len && target.base[end] != '/' && target.base[end] != '?' &&
-           target.base[end] != '#') {
-        if (target.base[end] == '@') *bad = 1;
-        end++;
-    }
-    return sg_slice(target.base + skip, end - skip);
-}
-
-/* Checks the request shape a proxy must enforce beyond llhttp's framing, and
- * picks the routing authority. Returns SG_ERR_NONE or the error to send. */
-static sg_err_t validate_request(sg_conn_t *c, const char **detail)
-{
-    const sg_http_request_t *r = &c->request;
-    const sg_header_t *host = NULL;
-    int te = 0;
-    for (size_t i = 0; i < r->n_headers; i++) {
-        const sg_header_t *h = &r->headers[i];
-        if (sg_slice_eq_nocase(h->name, SG_SLICE_LIT("host"))) {
-            if (host) {
-                *detail = "duplicate Host header";
-                return SG_ERR_BAD_REQUEST;
-            }
-            host = h;
-        } else if (sg_slice_eq_nocase(h->name, SG_SLICE_LIT("transfer-encoding"))) {
-            if (te++ || !sg_slice_eq_nocase(h->value, SG_SLICE_LIT("chunked"))) {
-                *detail = "unsupported Transfer-Encoding";
-                return SG_ERR_BAD_REQUEST;
-            }
-        }
-    }
-    if (c->req.llhttp.http_major != 1) {
-        *detail = "unsupported HTTP version";
-        return SG_ERR_BAD_REQUEST;
-    }
-    if (te && !(c->req.llhttp.flags & F_CHUNKED)) {
-        *detail = "unsupported Transfer-Encoding";
-        return SG_ERR_BAD_REQUEST;
-    }
-    if (te && r->minor_version == 0) {
-        *detail = "Transfer-Encoding in an HTTP/1.0 request";
-        return SG_ERR_BAD_REQUEST;
-    }
-    if (sg_slice_eq_nocase(r->method, SG_SLICE_LIT("CONNECT"))) {
-        *detail = "CONNECT is not supported";
-        return SG_ERR_BAD_REQUEST;
-    }
-    int bad = 0;
-    sg_slice_t authority = absolute_authority(r->target, &bad);
-    if (bad) {
-        *detail = "userinfo in request target";
-        return SG_ERR_BAD_REQUEST;
-    }
-    if (!authority.base && !(r->target.len && (r->target.base[0] == '/' ||
-                                               (r->target.len == 1 && r->target.base[0] == '*')))) {
-        *detail = "invalid request target";
-        return SG_ERR_BAD_REQUEST;
-    }
-    if (authority.base) {
-        if (host && !sg_slice_eq_nocase(host->value, authority)) return SG_ERR_HOST_CONFLICT;
-        c->host = authority;
-    } else if (host) {
-        c->host = host->value;
-    } else {
-        c->host = sg_slice(NULL, 0);
-    }
-    if (!host && r->minor_version >= 1) return SG_ERR_HOST_MISSING;
-    return SG_ERR_NONE;
-}
-
 /* SNI and Host must agree: the connection's certificate covers the Host,
  * and the SNI (when sent) lies under the same served domain. Returns NULL or
  * the reason for a 421. */
@@ -694,22 +614,16 @@ static void send_redirect(sg_conn_t *c)
     sg_conn_arm_timer(c, SG_TIMER_FLUSH, c->w->config->timeouts.stream_idle_ms);
 }
 
-static void on_request_head(sg_conn_t *c)
+static void on_request_head(sg_conn_t *c, const sg_h1_request_head_t *h)
 {
     sg_worker_t *w = c->w;
     sg_counter_inc(&w->stats.requests);
-    sg_h1_request_view(&c->req, c->req_head.base, &c->request);
-    const sg_http_request_t *r = &c->request;
-    c->keep_alive = llhttp_should_keep_alive(&c->req.llhttp) != 0;
-    c->head_method = sg_slice_eq_nocase(r->method, SG_SLICE_LIT("HEAD"));
-    const sg_header_t *upg = sg_http_find_header(r->headers, r->n_headers, SG_SLICE_LIT("upgrade"));
-    const sg_header_t *conn_h =
-        sg_http_find_header(r->headers, r->n_headers, SG_SLICE_LIT("connection"));
-    c->upgrade = upg && conn_h && r->minor_version >= 1 &&
-                 sg_http_value_has_token(conn_h->value, SG_SLICE_LIT("upgrade"));
+    c->keep_alive = h->keep_alive;
+    c->head_method = h->head_method;
+    c->upgrade = h->upgrade;
 
     const char *detail = NULL;
-    sg_err_t err = validate_request(c, &detail);
+    sg_err_t err = sg_http_validate_request(&c->req, &c->request, &c->host, &detail);
     if (err != SG_ERR_NONE) {
         c->keep_alive = 0;
         sg_conn_send_error(c, err, detail, 0);
@@ -745,56 +659,28 @@ static void on_request_head(sg_conn_t *c)
     }
 }
 
-/* Parses what is new in req_head; acts when the head is complete. */
+/* Parses what is new in req_head (http/h1_head.h decides); acts when the
+ * head is complete. */
 static void head_input(sg_conn_t *c)
 {
-    const sg_config_t *cfg = c->w->config;
-    size_t consumed = 0;
-    llhttp_errno_t err = sg_h1_execute(&c->req, c->req_head.base, c->req_head.base + c->req_parsed,
-                                       c->req_head.len - c->req_parsed, &consumed);
-    c->req_parsed += consumed;
-    if (!c->req.headers_done) {
-        if (err != HPE_OK) {
-            c->keep_alive = 0;
-            sg_conn_send_error(c, c->req.too_many ? SG_ERR_HEADERS_TOO_LARGE : SG_ERR_BAD_REQUEST,
-                               c->req.too_many ? NULL : llhttp_errno_name(err), 0);
-            return;
-        }
-        const char *eol = memmem(c->req_head.base, c->req_head.len, "\r\n", 2);
-        if (c->req_head.len > cfg->max_header_bytes) {
-            int long_line = !eol || (size_t)(eol - c->req_head.base) > cfg->max_header_bytes;
-            sg_conn_send_error(c, long_line ? SG_ERR_URI_TOO_LONG : SG_ERR_HEADERS_TOO_LARGE, NULL,
-                               0);
-            return;
-        }
-        /* HTTP/0.9 ("GET /" and a line end) would wait for a version llhttp
-         * never gets: refuse it as soon as the line is complete. */
-        if (eol && !memmem(c->req_head.base, (size_t)(eol - c->req_head.base), " HTTP/", 6)) {
-            c->keep_alive = 0;
-            sg_conn_send_error(c, SG_ERR_BAD_REQUEST, "HTTP/0.9 is not supported", 0);
-        }
+    sg_h1_request_head_t h;
+    switch (sg_h1_request_head_input(&c->req, c->req_head.base, c->req_head.len, &c->req_parsed,
+                                     c->w->config->max_header_bytes, &h)) {
+    case SG_H1_HEAD_MORE:
+    case SG_H1_HEAD_INTERIM: /* responses only */
         return;
-    }
-    c->req_head_len = sg_h1_head_length(c->req_head.base, c->req_head.len);
-    if (!c->req_head_len || c->req_head_len > cfg->max_header_bytes) {
-        const char *eol = memmem(c->req_head.base, c->req_head.len, "\r\n", 2);
-        int long_line = !eol || (size_t)(eol - c->req_head.base) > cfg->max_header_bytes;
-        sg_conn_send_error(c, long_line ? SG_ERR_URI_TOO_LONG : SG_ERR_HEADERS_TOO_LARGE, NULL, 0);
+    case SG_H1_HEAD_ERROR:
+        /* Only a head that was read whole (its body bytes failed) has a
+         * view to answer from (HTML or JSON). */
+        if (h.has_view) c->request = h.request;
+        sg_conn_send_error(c, h.err, h.detail, 0);
         return;
+    case SG_H1_HEAD_DONE:
+        break;
     }
-    size_t blank = sg_h1_skip_blank_lines(c->req_head.base, c->req_head_len);
-    const char *why = sg_h1_check_head_bytes(c->req_head.base + blank, c->req_head_len - blank);
-    if (why) {
-        sg_conn_send_error(c, SG_ERR_BAD_REQUEST, why, 0);
-        return;
-    }
-    if (err != HPE_OK) {
-        /* The head was fine but the body bytes that came with it are not. */
-        sg_h1_request_view(&c->req, c->req_head.base, &c->request);
-        sg_conn_send_error(c, SG_ERR_BAD_REQUEST, llhttp_errno_name(err), 0);
-        return;
-    }
-    on_request_head(c);
+    c->req_head_len = h.head_len;
+    c->request = h.request;
+    on_request_head(c, &h);
 }
 
 static void on_handshake(sg_stream_t *s)

@@ -3,6 +3,7 @@
 #include "proxy/conn.h"
 
 #include "core/log.h"
+#include "http/h1_head.h"
 #include "http/rewrite.h"
 
 #include <stdlib.h>
@@ -14,8 +15,6 @@
 #define SG_HIGH_WATER (512 * 1024)
 #define SG_LOW_WATER (128 * 1024)
 #define SG_MAX_WRITES 16
-#define SG_MAX_RESPONSE_HEAD (128 * 1024)
-#define SG_MAX_INTERIM 8
 
 static sg_fwd_write_t *fwd_get(sg_worker_t *w)
 {
@@ -222,22 +221,14 @@ static void tunnel_start(sg_conn_t *c)
     sg_conn_update_reading(c);
 }
 
-static void final_head(sg_conn_t *c, size_t head_len)
+static void final_head(sg_conn_t *c, const sg_h1_response_head_t *h)
 {
-    sg_h1_response_view(&c->res, c->res_head.base, head_len, &c->response);
-    /* A Transfer-Encoding llhttp did not take as chunked would be framed one
-     * way here and another way by the client once trimmed and forwarded. */
-    if (sg_http_find_header(c->response.headers, c->response.n_headers,
-                            SG_SLICE_LIT("transfer-encoding")) &&
-        !(c->res.llhttp.flags & F_CHUNKED) && !c->head_method) {
-        c->up_junk = 1;
-        sg_conn_send_error(c, SG_ERR_UPSTREAM_BAD_RESPONSE, "unsupported Transfer-Encoding", 0);
-        return;
-    }
+    size_t head_len = h->head_len;
+    c->response = h->response;
     c->status = c->response.status;
     c->t_first_byte = uv_hrtime();
     int tunnel = c->status == 101;
-    if (!tunnel && llhttp_message_needs_eof(&c->res.llhttp)) c->close_after = 1;
+    if (h->body_to_eof) c->close_after = 1;
     int client_keep = c->keep_alive && !c->close_after;
     sg_strbuf_reset(&c->res_out);
     sg_http_rewrite_response(&c->response, client_keep, c->request.minor_version, &c->res_out);
@@ -258,66 +249,38 @@ static void final_head(sg_conn_t *c, size_t head_len)
     }
 }
 
-/* Accumulates and parses the response head; forwards interim (1xx) heads
- * as they come. */
+/* Accumulates and parses the response head (http/h1_head.h decides);
+ * forwards interim (1xx) heads as they come. */
 static void response_head_input(sg_conn_t *c)
 {
     for (;;) {
-        size_t consumed = 0;
-        llhttp_errno_t err =
-            sg_h1_execute(&c->res, c->res_head.base, c->res_head.base + c->res_parsed,
-                          c->res_head.len - c->res_parsed, &consumed);
-        c->res_parsed += consumed;
-        if (err != HPE_OK) {
-            sg_log_info("sandbox %.*s: invalid response: %s", (int)c->route.id.len,
-                        c->route.id.base, llhttp_errno_name(err));
+        sg_h1_response_head_t h;
+        switch (sg_h1_response_head_input(&c->res, c->res_head.base, c->res_head.len,
+                                          &c->res_parsed, &c->interim_count, &h)) {
+        case SG_H1_HEAD_MORE:
+            return;
+        case SG_H1_HEAD_ERROR:
+            if (h.parse_error != HPE_OK)
+                sg_log_info("sandbox %.*s: invalid response: %s", (int)c->route.id.len,
+                            c->route.id.base, h.detail);
             c->up_junk = 1;
-            sg_conn_send_error(c, SG_ERR_UPSTREAM_BAD_RESPONSE, llhttp_errno_name(err), 0);
+            sg_conn_send_error(c, SG_ERR_UPSTREAM_BAD_RESPONSE, h.detail, 0);
             return;
-        }
-        if (!c->res.headers_done) {
-            if (c->res_head.len > SG_MAX_RESPONSE_HEAD)
-                sg_conn_send_error(c, SG_ERR_UPSTREAM_BAD_RESPONSE, "response head too large", 0);
+        case SG_H1_HEAD_DONE:
+            final_head(c, &h);
             return;
-        }
-        size_t head_len = sg_h1_head_length(c->res_head.base, c->res_head.len);
-        if (head_len > SG_MAX_RESPONSE_HEAD) {
-            sg_conn_send_error(c, SG_ERR_UPSTREAM_BAD_RESPONSE, "response head too large", 0);
-            return;
-        }
-        size_t blank = head_len ? sg_h1_skip_blank_lines(c->res_head.base, head_len) : 0;
-        const char *why = head_len
-                              ? sg_h1_check_head_bytes(c->res_head.base + blank, head_len - blank)
-                              : "malformed response head";
-        int status_code = c->res.llhttp.status_code;
-        if (!why && (c->res.llhttp.http_major != 1 || status_code < 100 || status_code > 999))
-            why = "unsupported version or status";
-        if (why) {
-            sg_conn_send_error(c, SG_ERR_UPSTREAM_BAD_RESPONSE, why, 0);
-            return;
-        }
-        int status = c->res.llhttp.status_code;
-        if (status >= 200 || status == 101) {
-            final_head(c, head_len);
-            return;
+        case SG_H1_HEAD_INTERIM:
+            break;
         }
         /* Interim response (100 Continue, 103 Early Hints): pass it on to
-         * HTTP/1.1 clients, then parse what follows as a new response. A
-         * handful is plenty; an endless stream is an attack on the client. */
-        if (++c->interim_count > SG_MAX_INTERIM) {
-            sg_conn_send_error(c, SG_ERR_UPSTREAM_BAD_RESPONSE, "too many interim responses", 0);
-            return;
-        }
+         * HTTP/1.1 clients, then parse what follows as a new response. */
         if (c->request.minor_version >= 1)
-            write_heap_copy(c, 0, c->res_head.base + blank, head_len - blank);
+            write_heap_copy(c, 0, c->res_head.base + h.start, h.head_len - h.start);
         size_t rest = c->res_head.len - c->res_parsed;
         memmove(c->res_head.base, c->res_head.base + c->res_parsed, rest);
         c->res_head.len = rest;
         c->res_parsed = 0;
-        int skip = c->res.skip_body, upg = c->res.expect_upgrade;
-        sg_h1_reset(&c->res, HTTP_RESPONSE);
-        c->res.skip_body = skip;
-        c->res.expect_upgrade = upg;
+        sg_h1_response_next(&c->res);
         if (!rest) return;
     }
 }

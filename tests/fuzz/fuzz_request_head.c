@@ -1,9 +1,11 @@
-/* libFuzzer harness for the request path a client controls: llhttp glue
- * (http/h1.h), head checks, Host routing (route/host.h), mask expansion
- * (route/mask.h), the request head rewrite (http/rewrite.h) and error pages
- * (http/errpage.h). It mirrors ingress/proxy/conn.c (head_input,
- * on_request_head, validate_request, sg_conn_upstream_ready,
- * sg_conn_feed_body, next_request) without sockets.
+/* libFuzzer harness for the request path a client controls: the request
+ * head step and the request checks (http/h1_head.h:
+ * sg_h1_request_head_input, sg_http_validate_request, the code conn.c's
+ * head_input and on_request_head run), the llhttp glue (http/h1.h), Host
+ * routing (route/host.h), mask expansion (route/mask.h), the request head
+ * rewrite (http/rewrite.h) and error pages (http/errpage.h). Around them it
+ * plays conn.c's part without sockets: sg_conn_upstream_ready,
+ * sg_conn_feed_body, next_request.
  *
  * Input: byte 0 = flags (see below), byte 1 = seed for the read sizes, then
  * the client's bytes. The bytes arrive in reads of pseudo-random size
@@ -34,7 +36,7 @@
  *     length, and whose JSON body parses with the documented fields (or
  *     whose HTML has no unescaped markup from the request). */
 #include "http/errpage.h"
-#include "http/h1.h"
+#include "http/h1_head.h"
 #include "http/rewrite.h"
 #include "route/host.h"
 #include "route/mask.h"
@@ -293,86 +295,6 @@ static void check_errpage(sg_err_t err, const char *detail, sg_slice_t sandbox_i
     sg_strbuf_free(&out);
 }
 
-/* ---- conn.c's request checks (static there; mirrored here) -------------- */
-
-static sg_slice_t absolute_authority(sg_slice_t target, int *bad)
-{
-    sg_slice_t none = {NULL, 0};
-    size_t skip = 0;
-    if (target.len >= 7 && sg_slice_eq_nocase(sg_slice(target.base, 7), SG_SLICE_LIT("http://")))
-        skip = 7;
-    else if (target.len >= 8 &&
-             sg_slice_eq_nocase(sg_slice(target.base, 8), SG_SLICE_LIT("https://")))
-        skip = 8;
-    if (!skip) return none;
-    size_t end = skip;
-    while (end < target.len && target.base[end] != '/' && target.base[end] != '?' &&
-           target.base[end] != '#') {
-        if (target.base[end] == '@') *bad = 1;
-        end++;
-    }
-    return sg_slice(target.base + skip, end - skip);
-}
-
-static sg_err_t validate_request(const sg_http_request_t *r, const llhttp_t *ll,
-                                 sg_slice_t *host_out, const char **detail)
-{
-    const sg_header_t *host = NULL;
-    int te = 0;
-    for (size_t i = 0; i < r->n_headers; i++) {
-        const sg_header_t *h = &r->headers[i];
-        if (sg_slice_eq_nocase(h->name, SG_SLICE_LIT("host"))) {
-            if (host) {
-                *detail = "duplicate Host header";
-                return SG_ERR_BAD_REQUEST;
-            }
-            host = h;
-        } else if (sg_slice_eq_nocase(h->name, SG_SLICE_LIT("transfer-encoding"))) {
-            if (te++ || !sg_slice_eq_nocase(h->value, SG_SLICE_LIT("chunked"))) {
-                *detail = "unsupported Transfer-Encoding";
-                return SG_ERR_BAD_REQUEST;
-            }
-        }
-    }
-    if (ll->http_major != 1) {
-        *detail = "unsupported HTTP version";
-        return SG_ERR_BAD_REQUEST;
-    }
-    if (te && !(ll->flags & F_CHUNKED)) {
-        *detail = "unsupported Transfer-Encoding";
-        return SG_ERR_BAD_REQUEST;
-    }
-    if (te && r->minor_version == 0) {
-        *detail = "Transfer-Encoding in an HTTP/1.0 request";
-        return SG_ERR_BAD_REQUEST;
-    }
-    if (sg_slice_eq_nocase(r->method, SG_SLICE_LIT("CONNECT"))) {
-        *detail = "CONNECT is not supported";
-        return SG_ERR_BAD_REQUEST;
-    }
-    int bad = 0;
-    sg_slice_t authority = absolute_authority(r->target, &bad);
-    if (bad) {
-        *detail = "userinfo in request target";
-        return SG_ERR_BAD_REQUEST;
-    }
-    if (!authority.base && !(r->target.len && (r->target.base[0] == '/' ||
-                                               (r->target.len == 1 && r->target.base[0] == '*')))) {
-        *detail = "invalid request target";
-        return SG_ERR_BAD_REQUEST;
-    }
-    if (authority.base) {
-        if (host && !sg_slice_eq_nocase(host->value, authority)) return SG_ERR_HOST_CONFLICT;
-        *host_out = authority;
-    } else if (host) {
-        *host_out = host->value;
-    } else {
-        *host_out = sg_slice(NULL, 0);
-    }
-    if (!host && r->minor_version >= 1) return SG_ERR_HOST_MISSING;
-    return SG_ERR_NONE;
-}
-
 /* ---- the rewrite's contract ------------------------------------------- */
 
 static int listed_in_connection(const sg_http_request_t *r, sg_slice_t name)
@@ -537,49 +459,43 @@ static void send_error(conn_t *c, sg_err_t err, const char *detail, int have_vie
     }
 }
 
-#ifdef SG_FUZZ_TOLERATE_KNOWN
-/* The glue's obs-fold rejection (see F16 in README.md). */
-static int fold_error(const llhttp_t *l, llhttp_errno_t err)
-{
-    const char *why = llhttp_get_error_reason(l);
-    return err == HPE_USER && why && strcmp(why, "obsolete line folding") == 0;
-}
-#endif
-
 /* Feeds the upstream parser and compares its framing with the client's. */
 static int upstream_feed(sg_h1_parser_t *up, const char *base, const char *d, size_t n,
                          size_t want_consumed, int want_done)
 {
     size_t consumed = 0;
     llhttp_errno_t err = sg_h1_execute(up, base, d, n, &consumed);
-    /* F16 also bites trailers: the sandbox's reads are cut elsewhere. */
-    KNOWN_BUG(16, fold_error(&up->llhttp, err));
     CHECK(err == HPE_OK);
     CHECK(consumed == want_consumed);
     CHECK(up->message_done == (unsigned)want_done);
     return MORE;
 }
 
-/* The head is complete and valid: route, rewrite, forward, stream the body. */
-static int on_request_head(conn_t *c)
+/* conn.c on_request_head and what follows it: validate, route, rewrite,
+ * forward, stream the body. */
+static int on_request_head(conn_t *c, const sg_h1_request_head_t *h)
 {
-    sg_h1_request_view(&c->req, c->head.base, &c->request);
     const sg_http_request_t *r = &c->request;
-    c->keep_alive = llhttp_should_keep_alive(&c->req.llhttp) != 0;
-    c->head_method = sg_slice_eq_nocase(r->method, SG_SLICE_LIT("HEAD"));
-    const sg_header_t *upg = sg_http_find_header(r->headers, r->n_headers, SG_SLICE_LIT("upgrade"));
-    const sg_header_t *conn_h =
-        sg_http_find_header(r->headers, r->n_headers, SG_SLICE_LIT("connection"));
-    c->upgrade = upg && conn_h && r->minor_version >= 1 &&
-                 sg_http_value_has_token(conn_h->value, SG_SLICE_LIT("upgrade"));
+    c->keep_alive = h->keep_alive;
+    c->head_method = h->head_method;
+    c->upgrade = h->upgrade;
+    CHECK(c->head_method == sg_slice_eq_nocase(r->method, SG_SLICE_LIT("HEAD")));
+    CHECK(!c->upgrade || (r->minor_version >= 1 &&
+                          sg_http_find_header(r->headers, r->n_headers, SG_SLICE_LIT("upgrade"))));
 
     const char *detail = NULL;
-    sg_err_t err = validate_request(r, &c->req.llhttp, &c->host, &detail);
+    sg_err_t err = sg_http_validate_request(&c->req, r, &c->host, &detail);
     if (err != SG_ERR_NONE) {
+        CHECK(sg_err_status(err) == 400);
+        CHECK(err != SG_ERR_BAD_REQUEST || detail != NULL);
         c->keep_alive = 0;
         send_error(c, err, detail, 1);
         return STOP;
     }
+    /* The routing authority is the Host value or the absolute-form
+     * target's, which lies inside the target. */
+    CHECK(!c->host.len || (c->host.base >= c->head.base &&
+                           c->host.base + c->host.len <= c->head.base + c->head_len));
     err = sg_route_parse_host(c->host, domains, N_DOMAINS, c->host_lower, &c->route, &detail);
     CHECK(memchr(c->host_lower, '\0', sizeof(c->host_lower)) != NULL);
     if (err != SG_ERR_NONE) {
@@ -670,7 +586,6 @@ static int on_request_head(conn_t *c)
     return result;
 }
 
-/* conn.c head_input: parse what is new; act when the head is complete. */
 /* How the bytes were cut into reads must not matter: the same buffer parsed
  * in one go gives the same verdict and, when accepted, the same end and the
  * same spans. (The error code may differ: the glue's own checks can fire
@@ -692,60 +607,44 @@ static int check_split_independent(conn_t *c, llhttp_errno_t err)
             CHECK(memcmp(&one.spans[i], &c->req.spans[i], sizeof(one.spans[i])) == 0);
     }
     sg_h1_free(&one);
-    /* F16 (open, a697502): h1.c's obs-fold check resets exec_end in
-     * on_header_value_complete, so a later value split across two reads is
-     * taken for a fold (a plain request gets 400 depending on segmentation). */
-    KNOWN_BUG(16, !same);
     CHECK(same);
     return MORE;
 }
 
+/* conn.c head_input: the step decides, this acts. */
 static int head_input(conn_t *c)
 {
-    size_t consumed = 0;
-    size_t avail = c->head.len - c->parsed;
-    llhttp_errno_t err =
-        sg_h1_execute(&c->req, c->head.base, c->head.base + c->parsed, avail, &consumed);
-    CHECK(consumed <= avail);
-    c->parsed += consumed;
-    if ((err != HPE_OK || c->req.headers_done) && check_split_independent(c, err) == STOP)
+    size_t before = c->parsed;
+    sg_h1_request_head_t h;
+    sg_h1_head_step_t step = sg_h1_request_head_input(&c->req, c->head.base, c->head.len,
+                                                      &c->parsed, c->max_header_bytes, &h);
+    CHECK(step != SG_H1_HEAD_INTERIM);
+    CHECK(c->parsed >= before && c->parsed <= c->head.len);
+    if ((h.parse_error != HPE_OK || c->req.headers_done) &&
+        check_split_independent(c, h.parse_error) == STOP)
         return STOP;
-    if (!c->req.headers_done) {
-        if (err != HPE_OK) {
-            c->keep_alive = 0;
-            send_error(c, c->req.too_many ? SG_ERR_HEADERS_TOO_LARGE : SG_ERR_BAD_REQUEST,
-                       c->req.too_many ? NULL : llhttp_errno_name(err), 0);
-            return STOP;
-        }
-        CHECK(c->parsed == c->head.len);
-        CHECK(c->req.n_spans <= c->max_headers);
-        const char *eol = memmem(c->head.base, c->head.len, "\r\n", 2);
-        if (c->head.len > c->max_header_bytes) {
-            int long_line = !eol || (size_t)(eol - c->head.base) > c->max_header_bytes;
-            send_error(c, long_line ? SG_ERR_URI_TOO_LONG : SG_ERR_HEADERS_TOO_LARGE, NULL, 0);
-            return STOP;
-        }
-        if (eol && !memmem(c->head.base, (size_t)(eol - c->head.base), " HTTP/", 6)) {
-            c->keep_alive = 0;
-            send_error(c, SG_ERR_BAD_REQUEST, "HTTP/0.9 is not supported", 0);
-            return STOP;
-        }
+    CHECK(c->req.n_spans <= c->max_headers);
+    if (step == SG_H1_HEAD_MORE) {
+        CHECK(!c->req.headers_done && c->parsed == c->head.len);
+        CHECK(c->head.len <= c->max_header_bytes);
         return MORE;
     }
-    c->head_len = sg_h1_head_length(c->head.base, c->head.len);
-    if (!c->head_len || c->head_len > c->max_header_bytes) {
-        const char *eol = memmem(c->head.base, c->head.len, "\r\n", 2);
-        int long_line = !eol || (size_t)(eol - c->head.base) > c->max_header_bytes;
-        send_error(c, long_line ? SG_ERR_URI_TOO_LONG : SG_ERR_HEADERS_TOO_LARGE, NULL, 0);
+    if (step == SG_H1_HEAD_ERROR) {
+        int status = sg_err_status(h.err);
+        CHECK(status == 400 || status == 414 || status == 431);
+        CHECK(h.err != SG_ERR_BAD_REQUEST || h.detail != NULL);
+        /* A view only for a head read whole (its body bytes failed). */
+        CHECK(!h.has_view || (c->req.headers_done && h.parse_error != HPE_OK));
+        if (h.has_view) c->request = h.request;
+        send_error(c, h.err, h.detail, h.has_view);
         return STOP;
     }
-    size_t blank = sg_h1_skip_blank_lines(c->head.base, c->head_len);
-    const char *why = sg_h1_check_head_bytes(c->head.base + blank, c->head_len - blank);
-    if (why) {
-        send_error(c, SG_ERR_BAD_REQUEST, why, 0);
-        return STOP;
-    }
-    /* The head the checks above looked at is the head llhttp parsed. */
+    CHECK(step == SG_H1_HEAD_DONE && h.has_view && h.parse_error == HPE_OK);
+    c->head_len = h.head_len;
+    c->request = h.request;
+    CHECK(c->head_len == sg_h1_head_length(c->head.base, c->head.len));
+    CHECK(c->head_len > 0 && c->head_len <= c->max_header_bytes);
+    /* The head the checks looked at is the head llhttp parsed. */
     CHECK(span_in(c->req.first_off, c->req.first_len, c->head_len));
     CHECK(span_in(c->req.target_off, c->req.target_len, c->head_len));
     for (size_t i = 0; i < c->req.n_spans; i++) {
@@ -753,14 +652,9 @@ static int head_input(conn_t *c)
         CHECK(span_in(s->name_off, s->name_len, c->head_len));
         CHECK(span_in(s->value_off, s->value_len, c->head_len));
     }
-    if (err != HPE_OK) {
-        sg_h1_request_view(&c->req, c->head.base, &c->request);
-        send_error(c, SG_ERR_BAD_REQUEST, llhttp_errno_name(err), 1);
-        return STOP;
-    }
     CHECK(c->head_len <= c->parsed);
     CHECK(c->req.first_len > 0);
-    return on_request_head(c);
+    return on_request_head(c, &h);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

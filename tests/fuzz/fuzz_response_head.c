@@ -1,7 +1,9 @@
-/* libFuzzer harness for the response path a sandbox controls: llhttp glue
- * (http/h1.h) on responses and the response head rewrite (http/rewrite.h).
- * It mirrors ingress/proxy/relay.c (response_head_input, final_head,
- * response_body_input, upstream_ended) without sockets.
+/* libFuzzer harness for the response path a sandbox controls: the response
+ * head step (http/h1_head.h: sg_h1_response_head_input, the code relay.c's
+ * response_head_input runs), the llhttp glue (http/h1.h) and the response
+ * head rewrite (http/rewrite.h). Around them it plays relay.c's part without
+ * sockets: forwarding interim heads, final_head, response_body_input and
+ * upstream_ended.
  *
  * Input: byte 0 = flags (see below), byte 1 = seed for the read sizes, then
  * the sandbox's bytes, delivered in reads of pseudo-random size into a head
@@ -23,7 +25,7 @@
  *   - framing is preserved: the client's parser, given the forwarded head,
  *     the body bytes that came with it and every later read, ends the
  *     message exactly where sandgate's parser does. */
-#include "http/h1.h"
+#include "http/h1_head.h"
 #include "http/rewrite.h"
 
 #include <stdint.h>
@@ -56,9 +58,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #define KNOWN_BUG(n, cond) ((void)0)
 #endif
 
-#define SG_MAX_RESPONSE_HEAD (128 * 1024) /* relay.c */
-#define SG_MAX_HEADERS 512                /* conn.c */
-#define SG_MAX_INTERIM 8                  /* relay.c */
+#define SG_MAX_HEADERS 512 /* conn.c */
 
 /* Flags (byte 0):
  *   bit 0: the request was HEAD (skip_body)
@@ -214,10 +214,10 @@ typedef struct {
     uint8_t flags;
     int client_keep_alive, client_minor;
     sg_h1_parser_t res;
-    xbuf_t head; /* res_head */
-    size_t parsed;
-    unsigned interim_count;
-    sg_h1_parser_t client; /* the client reading what we forward */
+    xbuf_t head;            /* res_head */
+    size_t parsed;          /* res_parsed */
+    unsigned interim_count; /* interim_count */
+    sg_h1_parser_t client;  /* the client reading what we forward */
 } conn_t;
 
 enum { MORE, STOP, BODY };
@@ -229,23 +229,12 @@ static void client_init(conn_t *c)
     c->client.expect_upgrade = (c->flags >> 1) & 1;
 }
 
-#ifdef SG_FUZZ_TOLERATE_KNOWN
-/* The glue's obs-fold rejection (see F16 in README.md). */
-static int fold_error(const llhttp_t *l, llhttp_errno_t err)
-{
-    const char *why = llhttp_get_error_reason(l);
-    return err == HPE_USER && why && strcmp(why, "obsolete line folding") == 0;
-}
-#endif
-
 /* The client reads n forwarded bytes; it must consume them all and finish
  * its message exactly when ours does. */
 static int client_feed(conn_t *c, const char *base, const char *d, size_t n, int want_done)
 {
     size_t consumed = 0;
     llhttp_errno_t err = sg_h1_execute(&c->client, base, d, n, &consumed);
-    /* F16 also bites trailers: the client's reads are cut elsewhere. */
-    KNOWN_BUG(16, fold_error(&c->client.llhttp, err));
     CHECK(err == HPE_OK);
     CHECK(consumed == n);
     CHECK(c->client.message_done == (unsigned)want_done);
@@ -289,24 +278,26 @@ static void check_final(conn_t *c, size_t head_len, const sg_http_response_t *r,
     free(lines);
 }
 
-/* relay.c final_head and the body that follows. */
-static int final_head(conn_t *c, size_t head_len)
+/* relay.c final_head and the body that follows: what the client gets is
+ * the rewritten head and the body bytes that came with it. */
+static int final_head(conn_t *c, const sg_h1_response_head_t *h)
 {
-    sg_http_response_t r;
-    sg_h1_response_view(&c->res, c->head.base, head_len, &r);
-    /* A Transfer-Encoding llhttp did not take as chunked: 502. */
-    if (sg_http_find_header(r.headers, r.n_headers, SG_SLICE_LIT("transfer-encoding")) &&
-        !(c->res.llhttp.flags & F_CHUNKED) && !(c->flags & 1))
-        return STOP;
-    CHECK(r.status >= 100 && r.status <= 999);
-    int status = r.status;
+    size_t head_len = h->head_len;
+    const sg_http_response_t *r = &h->response;
+    CHECK(r->status >= 200 || r->status == 101);
+    CHECK(r->status <= 999);
+    /* A Transfer-Encoding that goes on is one llhttp frames as chunked
+     * (or the body is skipped anyway). */
+    if (sg_http_find_header(r->headers, r->n_headers, SG_SLICE_LIT("transfer-encoding")))
+        CHECK((c->res.llhttp.flags & F_CHUNKED) || c->res.skip_body);
+    int status = r->status;
     int tunnel = status == 101;
-    int close_after = !tunnel && llhttp_message_needs_eof(&c->res.llhttp);
+    int close_after = h->body_to_eof;
     int client_keep = c->client_keep_alive && !close_after;
     sg_strbuf_t out = {0};
-    sg_http_rewrite_response(&r, client_keep, c->client_minor, &out);
+    sg_http_rewrite_response(r, client_keep, c->client_minor, &out);
     size_t rewritten = out.len;
-    check_final(c, head_len, &r, sg_slice(out.base, out.len), close_after, client_keep);
+    check_final(c, head_len, r, sg_slice(out.base, out.len), close_after, client_keep);
     size_t body_end = tunnel ? head_len : c->parsed;
     CHECK(body_end >= head_len);
     sg_strbuf_append(&out, c->head.base + head_len, body_end - head_len);
@@ -375,69 +366,67 @@ static int check_split_independent(conn_t *c, llhttp_errno_t err)
             CHECK(memcmp(&one.spans[i], &c->res.spans[i], sizeof(one.spans[i])) == 0);
     }
     sg_h1_free(&one);
-    /* F16 (open): a value split across reads after an earlier header line
-     * of the same read is taken for obs-fold. */
-    KNOWN_BUG(16, !same);
     CHECK(same);
     return MORE;
 }
 
-/* relay.c response_head_input. */
+/* relay.c response_head_input: the step decides, this acts. */
 static int head_input(conn_t *c)
 {
     for (;;) {
-        size_t consumed = 0, avail = c->head.len - c->parsed;
-        llhttp_errno_t err =
-            sg_h1_execute(&c->res, c->head.base, c->head.base + c->parsed, avail, &consumed);
-        CHECK(consumed <= avail);
-        c->parsed += consumed;
-        if ((err != HPE_OK || c->res.headers_done) && check_split_independent(c, err) == STOP)
+        size_t before = c->parsed;
+        sg_h1_response_head_t h;
+        sg_h1_head_step_t step = sg_h1_response_head_input(&c->res, c->head.base, c->head.len,
+                                                           &c->parsed, &c->interim_count, &h);
+        CHECK(c->parsed >= before && c->parsed <= c->head.len);
+        if ((h.parse_error != HPE_OK || c->res.headers_done) &&
+            check_split_independent(c, h.parse_error) == STOP)
             return STOP;
-        if (err != HPE_OK) return STOP; /* 502 */
-        if (!c->res.headers_done) {
-            CHECK(c->parsed == c->head.len);
-            if (c->head.len > SG_MAX_RESPONSE_HEAD) return STOP;
+        if (step == SG_H1_HEAD_ERROR) { /* 502 */
+            CHECK(h.detail != NULL);
+            return STOP;
+        }
+        if (step == SG_H1_HEAD_MORE) {
+            CHECK(!c->res.headers_done && c->parsed == c->head.len);
+            CHECK(c->head.len <= SG_H1_MAX_RESPONSE_HEAD);
             return MORE;
         }
-        size_t head_len = sg_h1_head_length(c->head.base, c->head.len);
-        if (head_len > SG_MAX_RESPONSE_HEAD) return STOP; /* 502 */
-        if (!head_len) return STOP;                       /* 502 */
-        size_t blank = sg_h1_skip_blank_lines(c->head.base, head_len);
-        if (sg_h1_check_head_bytes(c->head.base + blank, head_len - blank)) return STOP;
-        int code = c->res.llhttp.status_code;
-        if (c->res.llhttp.http_major != 1 || code < 100 || code > 999) return STOP; /* 502 */
-        /* Every span lies in the head sg_h1_head_length delimits. */
+        /* A head: every span lies in it, the parser got at least that far,
+         * and only blank lines come before its status line. */
+        size_t head_len = h.head_len;
+        CHECK(head_len == sg_h1_head_length(c->head.base, c->head.len));
+        CHECK(head_len > 0 && head_len <= SG_H1_MAX_RESPONSE_HEAD && head_len <= c->parsed);
+        CHECK(h.start % 2 == 0 && h.start < head_len && c->head.base[h.start] != '\r');
+        for (size_t i = 0; i < h.start; i += 2)
+            CHECK(c->head.base[i] == '\r' && c->head.base[i + 1] == '\n');
         CHECK((size_t)c->res.first_off + c->res.first_len <= head_len);
         for (size_t i = 0; i < c->res.n_spans; i++) {
             const sg_h1_span_t *s = &c->res.spans[i];
             CHECK((size_t)s->name_off + s->name_len <= head_len);
             CHECK((size_t)s->value_off + s->value_len <= head_len);
         }
-        CHECK(head_len <= c->parsed);
         int status = c->res.llhttp.status_code;
-        if (status >= 200 || status == 101) return final_head(c, head_len);
+        if (step == SG_H1_HEAD_DONE) return final_head(c, &h);
 
-        /* Interim response: forwarded as is to HTTP/1.1 clients, a few. */
-        if (++c->interim_count > SG_MAX_INTERIM) return STOP; /* 502 */
-        /* F17 (open): relay.c forwards the interim head from the buffer's
-         * start, blank lines before the status line included. */
-        KNOWN_BUG(17, sg_h1_skip_blank_lines(c->head.base, head_len) != 0);
+        /* Interim response: forwarded without the blank lines before it to
+         * HTTP/1.1 clients, a few. */
+        CHECK(step == SG_H1_HEAD_INTERIM);
+        CHECK(status >= 100 && status < 200 && status != 101);
+        CHECK(c->interim_count >= 1 && c->interim_count <= SG_H1_MAX_INTERIM);
         if (c->client_minor >= 1) {
+            sg_slice_t fwd = sg_slice(c->head.base + h.start, head_len - h.start);
             sg_slice_t start;
             line_t lines[SG_MAX_HEADERS + 1];
-            split_head(sg_slice(c->head.base, head_len), &start, lines, SG_MAX_HEADERS + 1);
+            split_head(fwd, &start, lines, SG_MAX_HEADERS + 1);
             client_init(c);
-            if (client_feed(c, c->head.base, c->head.base, head_len, 1) == STOP) return STOP;
+            if (client_feed(c, fwd.base, fwd.base, fwd.len, 1) == STOP) return STOP;
             CHECK(c->client.llhttp.status_code == status);
         }
         /* The interim message ends with its head. */
         CHECK(c->parsed == head_len);
         xbuf_consume(&c->head, c->parsed);
         c->parsed = 0;
-        int skip = c->res.skip_body, upg = c->res.expect_upgrade;
-        sg_h1_reset(&c->res, HTTP_RESPONSE);
-        c->res.skip_body = (unsigned)skip;
-        c->res.expect_upgrade = (unsigned)upg;
+        sg_h1_response_next(&c->res);
         if (!c->head.len) return MORE;
     }
 }
