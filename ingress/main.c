@@ -8,6 +8,7 @@
 #include "proxy/metrics.h"
 #include "proxy/worker.h"
 #include "route/store.h"
+#include "egress/egress.h"
 #include "tls/tls.h"
 
 #include <signal.h>
@@ -31,6 +32,7 @@ typedef struct {
     unsigned workers_running;
     sg_qsbr_t qsbr;
     sg_store_t *store;
+    sg_egress_t *egress; /* NULL: egress role off */
     sg_admin_t *admin;
     int draining;
 } sg_main_t;
@@ -198,6 +200,29 @@ static void admin_sandbox_removed(void *ctx, const char *id)
     sg_qsbr_reclaim(&m->qsbr);
 }
 
+/* The egress role starts with the store's sandboxes in its table and its
+ * nftables rules loaded, before any worker accepts: a sandbox is never
+ * served by a half-built policy. */
+static int start_egress(sg_main_t *m, const sg_config_t *cfg, char *err, size_t errlen)
+{
+    if (sg_egress_new(&cfg->egress, &m->qsbr, &m->egress, err, errlen) != 0) return -1;
+    if (sg_egress_sync(m->egress, m->store, err, errlen) != 0) {
+        sg_egress_free(m->egress);
+        m->egress = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+static void log_egress_listeners(const sg_config_t *cfg)
+{
+    const sg_listen_conf_t *ls[] = {&cfg->egress.listen_http, &cfg->egress.listen_tls,
+                                    &cfg->egress.listen_other};
+    static const char *const what[] = {"port 80 (Host)", "port 443 (SNI)", "other ports"};
+    for (size_t i = 0; i < 3; i++)
+        if (ls[i]->text[0]) sg_log_info("egress: %s on %s", what[i], ls[i]->text);
+}
+
 static void admin_metrics(void *ctx, sg_strbuf_t *out)
 {
     sg_main_t *m = ctx;
@@ -276,12 +301,21 @@ int main(int argc, char **argv)
         sg_log_info("sandbox store: %zu sandboxes from %s", sg_store_count(m.store),
                     cfg->admin.store_path ? cfg->admin.store_path : "memory (not durable)");
     }
+    if (cfg->egress.enabled && start_egress(&m, cfg, err, sizeof(err)) != 0) {
+        fprintf(stderr, "sandgate: egress: %s\n", err);
+        if (tls) sg_tls_store_unref(tls);
+        sg_config_unref(cfg);
+        if (m.store) sg_store_close(m.store);
+        sg_qsbr_destroy(&m.qsbr);
+        sg_tls_global_cleanup();
+        return 1;
+    }
     m.snap = sg_snapshot_new(cfg, tls);
     m.workers = calloc(m.n_workers, sizeof(*m.workers));
     if (!m.workers) abort();
     uv_async_init(loop, &m.worker_exited, on_worker_exited);
     m.worker_exited.data = &m;
-    sg_shared_t shared = {.qsbr = &m.qsbr, .store = m.store};
+    sg_shared_t shared = {.qsbr = &m.qsbr, .store = m.store, .egress = m.egress};
     unsigned ready = 0;
     for (unsigned i = 0; i < m.n_workers && rc == 0; i++) {
         rc = sg_worker_init(&m.workers[i], i, m.snap, &shared);
@@ -300,6 +334,7 @@ int main(int argc, char **argv)
                                   .ready = admin_ready};
         rc = sg_admin_start(loop, &cfg->admin, m.store, &hooks, &m.admin);
         if (rc) m.admin = NULL;
+        if (m.admin && m.egress) sg_admin_set_egress(m.admin, m.egress);
     }
     if (rc == 0) {
         for (unsigned i = 0; i < ready; i++) sg_worker_start(&m.workers[i]);
@@ -307,6 +342,7 @@ int main(int argc, char **argv)
         for (size_t i = 0; i < cfg->n_listens; i++)
             sg_log_info("listening on %s%s (%u workers)", cfg->listens[i].text,
                         cfg->listens[i].tls ? " (tls)" : "", m.n_workers);
+        log_egress_listeners(cfg);
         uv_signal_init(loop, &m.sigterm);
         uv_signal_init(loop, &m.sigint);
         uv_signal_init(loop, &m.sighup);
@@ -334,6 +370,7 @@ int main(int argc, char **argv)
     uv_loop_close(loop);
     free(m.workers);
     sg_snapshot_unref(m.snap);
+    sg_egress_free(m.egress);
     if (m.store) sg_store_close(m.store);
     sg_qsbr_destroy(&m.qsbr);
     sg_accesslog_close();

@@ -3,6 +3,7 @@
 #include "admin/admin_internal.h"
 
 #include "core/log.h"
+#include "egress/egress.h"
 #include "net/listener.h"
 
 #include <openssl/crypto.h>
@@ -159,6 +160,11 @@ static int path_is(sg_slice_t path, const char *p)
     return path.len == strlen(p) && memcmp(path.base, p, path.len) == 0;
 }
 
+void sg_admin_set_egress(sg_admin_t *a, struct sg_egress_s *eg)
+{
+    a->egress = eg;
+}
+
 static void route(sg_admin_conn_t *c, sg_slice_t body)
 {
     sg_admin_t *a = c->admin;
@@ -211,6 +217,16 @@ static void route(sg_admin_conn_t *c, sg_slice_t body)
             json_object_set_new(o, "code", json_integer(500));
             sg_admin__respond_json(c, 500, o);
         }
+        return;
+    }
+    if (path_is(path, "/v1/egress/nftables")) {
+        if (!get) goto not_allowed;
+        if (!a->egress) {
+            sg_admin__error(c, 404, NULL, "the egress role is off");
+            return;
+        }
+        const char *rules = sg_egress_ruleset(a->egress);
+        sg_admin__respond(c, 200, "text/plain; charset=utf-8", rules, strlen(rules));
         return;
     }
     if (path.len >= 13 && memcmp(path.base, "/v1/sandboxes", 13) == 0 &&

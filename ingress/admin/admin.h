@@ -28,6 +28,11 @@ typedef struct sg_admin_s sg_admin_t;
  * answer 404). Returns 0 or a negative libuv error (logged). */
 int sg_admin_start(uv_loop_t *loop, const sg_admin_conf_t *conf, sg_store_t *store,
                    const sg_admin_hooks_t *hooks, sg_admin_t **out);
+/* Egress role (NULL: off): sandbox changes re-sync its table and nftables
+ * rules, PUT enforces one address per sandbox, and GET /v1/egress/nftables
+ * shows the ruleset. eg must outlive a. */
+struct sg_egress_s;
+void sg_admin_set_egress(sg_admin_t *a, struct sg_egress_s *eg);
 /* Uses `token` (may be NULL) from now on; called on reload. */
 void sg_admin_set_token(sg_admin_t *a, const char *token);
 /* Closes listeners and connections; memory goes in close callbacks. */

@@ -13,6 +13,7 @@ typedef struct sg_admin_conn_s sg_admin_conn_t;
 struct sg_admin_s {
     uv_loop_t *loop;
     sg_store_t *store;
+    struct sg_egress_s *egress; /* NULL: egress role off */
     sg_admin_hooks_t hooks;
     char *token;
     uv_tcp_t *listeners;

@@ -3,6 +3,7 @@
 #include "admin/admin_internal.h"
 
 #include "core/log.h"
+#include "egress/egress.h"
 #include "route/mask.h"
 
 #include <arpa/inet.h>
@@ -54,7 +55,57 @@ static json_t *record_json(const sg_sandbox_t *sb)
     json_object_set_new(o, "has_traffic_access_token", json_boolean(sb->has_token));
     json_object_set_new(o, "max_incoming_connections",
                         sb->max_connections ? json_integer(sb->max_connections) : json_null());
+    sg_egress_policy_to_json(sb->egress_policy, o);
     return o;
+}
+
+/* The egress policy fields of a PUT. Network settings are fixed at
+ * creation (changing them under running code would be a surprise either
+ * way), and with egress on one address belongs to one sandbox, since the
+ * source address is how egress traffic finds its policy. Answers the error
+ * itself and returns -1, or returns 0 with *out (NULL: default policy). */
+static int parse_policy(sg_admin_conn_t *c, json_t *doc, sg_slice_t id,
+                        const struct sockaddr_storage *addr, sg_egress_policy_t **out)
+{
+    char why[512];
+    const char *field = "network";
+    if (sg_egress_policy_from_json(json_object_get(doc, "allow_internet_access"),
+                                   json_object_get(doc, "network"), out, why, sizeof(why),
+                                   &field) != 0) {
+        sg_admin__error(c, 400, field, "%s", why);
+        return -1;
+    }
+    const sg_sandbox_t *old = sg_store_get(c->admin->store, id);
+    if (old && !sg_egress_policy_equal(old->egress_policy, *out)) {
+        sg_egress_policy_free(*out);
+        sg_admin__error(c, 409, "network",
+                        "network settings are fixed at creation; delete and re-create the sandbox");
+        return -1;
+    }
+    const sg_sandbox_t *owner =
+        c->admin->egress ? sg_egress_find(c->admin->egress, (const struct sockaddr *)addr) : NULL;
+    if (owner && (owner->id_len != id.len || memcmp(owner->id, id.base, id.len) != 0)) {
+        sg_egress_policy_free(*out);
+        sg_admin__error(c, 409, "address",
+                        "address is used by sandbox '%s'; egress policies need one address per "
+                        "sandbox",
+                        owner->id);
+        return -1;
+    }
+    return 0;
+}
+
+/* After a durable change: the egress table and nftables rules follow. The
+ * change itself is on disk already; a ruleset nft refused is a 500 so the
+ * caller knows enforcement lags (the previous rules stay loaded, whole). */
+static int sync_egress(sg_admin_conn_t *c)
+{
+    if (!c->admin->egress) return 0;
+    char err[1024];
+    if (sg_egress_sync(c->admin->egress, c->admin->store, err, sizeof(err)) == 0) return 0;
+    sg_log_error("egress: nftables rules not updated: %s", err);
+    sg_admin__error(c, 500, NULL, "stored, but the nftables rules could not be loaded: %s", err);
+    return -1;
 }
 
 static void put_sandbox(sg_admin_conn_t *c, sg_slice_t id, sg_slice_t body)
@@ -75,7 +126,8 @@ static void put_sandbox(sg_admin_conn_t *c, sg_slice_t id, sg_slice_t body)
     json_object_foreach(doc, key, val)
     {
         if (strcmp(key, "address") && strcmp(key, "mask_request_host") &&
-            strcmp(key, "traffic_access_token") && strcmp(key, "max_incoming_connections")) {
+            strcmp(key, "traffic_access_token") && strcmp(key, "max_incoming_connections") &&
+            strcmp(key, "allow_internet_access") && strcmp(key, "network")) {
             sg_admin__error(c, 400, key, "unknown field '%s'", key);
             json_decref(doc);
             return;
@@ -130,9 +182,15 @@ static void put_sandbox(sg_admin_conn_t *c, sg_slice_t id, sg_slice_t body)
         }
         max = json_integer_value(jmax);
     }
+    sg_egress_policy_t *policy = NULL;
+    if (parse_policy(c, doc, id, &addr, &policy) != 0) {
+        json_decref(doc);
+        return;
+    }
     sg_sandbox_t *sb = sg_sandbox_new(id, &addr, mask);
     sb->source = "admin";
     sb->max_connections = (unsigned)max;
+    sb->egress_policy = policy;
     if (jtok && json_is_string(jtok))
         sg_sandbox_set_token(sb, sg_slice(json_string_value(jtok), json_string_length(jtok)));
     json_decref(doc);
@@ -152,6 +210,10 @@ static void put_sandbox(sg_admin_conn_t *c, sg_slice_t id, sg_slice_t body)
         memcpy(idz, id.base, id.len);
         idz[id.len] = '\0';
         c->admin->hooks.sandbox_removed(c->admin->hooks.ctx, idz);
+    }
+    if (sync_egress(c) != 0) {
+        json_decref(out);
+        return;
     }
     sg_admin__respond_json(c, created ? 201 : 200, out);
 }
@@ -250,6 +312,7 @@ void sg_admin__sandboxes(sg_admin_conn_t *c, sg_slice_t rest, sg_slice_t query, 
         memcpy(idz, id.base, id.len);
         idz[id.len] = '\0';
         if (a->hooks.sandbox_removed) a->hooks.sandbox_removed(a->hooks.ctx, idz);
+        if (sync_egress(c) != 0) return;
         sg_admin__respond(c, 204, NULL, NULL, 0);
     } else {
         sg_admin__error(c, 405, NULL, "method not allowed");

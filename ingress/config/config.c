@@ -96,6 +96,32 @@ const sg_config__key_t sg_config__keys[] = {
      7 * SG_MS_PER_D, SG_CONF_RESTART, "answers are cached at most this long"},
     {"dns.negative_ttl", SG_CONF_T_DURATION, SG_FIELD(dns.negative_ttl_ms), "5s", 0, SG_MS_PER_H,
      SG_CONF_RESTART, "unknown names (NXDOMAIN) are cached this long"},
+    {"egress.listen_http", SG_CONF_T_LISTEN_OPT, SG_FIELD(egress.listen_http), NULL, 0, 0,
+     SG_CONF_RESTART, "egress listener for sandbox TCP to port 80; none = off"},
+    {"egress.listen_tls", SG_CONF_T_LISTEN_OPT, SG_FIELD(egress.listen_tls), NULL, 0, 0,
+     SG_CONF_RESTART, "egress listener for sandbox TCP to port 443; none = off"},
+    {"egress.listen_other", SG_CONF_T_LISTEN_OPT, SG_FIELD(egress.listen_other), NULL, 0, 0,
+     SG_CONF_RESTART, "egress listener for sandbox TCP to every other port; none = off"},
+    {"egress.nameserver", SG_CONF_T_IP, SG_FIELD(egress.nameserver), "8.8.8.8", 0, 0,
+     SG_CONF_RESTART, "the sandboxes' nameserver, allowed whenever a domain is"},
+    {"egress.resolvers", SG_CONF_T_RESOLVERS, 0, 0, NULL, 0, 0, SG_CONF_RESTART,
+     "DNS servers for allowed names: IP, IP:PORT or [IPv6]:PORT; none = nameserver"},
+    {"egress.always_denied_exceptions", SG_CONF_T_CIDRS, 0, 0, NULL, 0, 0, 0,
+     "addresses and CIDRs carved out of the always-denied ranges"},
+    {"egress.sandbox_interfaces", SG_CONF_T_IFNAMES, 0, 0, NULL, 0, 0, SG_CONF_RESTART,
+     "interfaces the sandboxes send on (\"veth*\"); other sources arriving there are dropped"},
+    {"egress.sniff_timeout", SG_CONF_T_DURATION, SG_FIELD(egress.sniff_timeout_ms), "5s", 100,
+     60 * SG_MS_PER_S, 0, "request head or ClientHello must arrive within"},
+    {"egress.sniff_max_bytes", SG_CONF_T_SIZE, SG_FIELD(egress.sniff_max_bytes), "16KiB", 1024,
+     64 * 1024, 0, "request head or ClientHello size limit"},
+    {"egress.connect_timeout", SG_CONF_T_DURATION, SG_FIELD(egress.connect_timeout_ms), "5s", 1,
+     SG_MAX_TIMEOUT_MS, 0, "one connect attempt to an allowed destination"},
+    {"egress.idle_timeout", SG_CONF_T_DURATION, SG_FIELD(egress.idle_timeout_ms), "300s", 1,
+     SG_MAX_TIMEOUT_MS, 0, "no byte either way on an egress connection"},
+    {"egress.nft_apply", SG_CONF_T_BOOL, SG_FIELD(egress.nft_apply), "false", 0, 1, SG_CONF_RESTART,
+     "load the nftables ruleset with nft at start and on every change"},
+    {"egress.nft_table", SG_CONF_T_IDENT, SG_FIELD(egress.nft_table), "sandgate", 0, 0,
+     SG_CONF_RESTART, "name of the inet table the ruleset owns"},
 };
 const size_t sg_config__n_keys = sizeof(sg_config__keys) / sizeof(sg_config__keys[0]);
 _Static_assert(sizeof(sg_config__keys) / sizeof(sg_config__keys[0]) <= SG_CONFIG__MAX_KEYS,
@@ -353,7 +379,8 @@ int sg_config__parse_uint(const char *text, uint64_t min, uint64_t max, uint64_t
 int sg_config__is_string(sg_config__type_t t)
 {
     return t == SG_CONF_T_SECRET || t == SG_CONF_T_PATH || t == SG_CONF_T_DNS_NAME ||
-           t == SG_CONF_T_HEADER || t == SG_CONF_T_ACCESS_LOG;
+           t == SG_CONF_T_HEADER || t == SG_CONF_T_ACCESS_LOG || t == SG_CONF_T_IP ||
+           t == SG_CONF_T_IDENT;
 }
 
 /* RFC 9110 tchar: what a header field name is made of. */
@@ -405,6 +432,26 @@ static int parse_string(const sg_config__key_t *k, const char *text, const char 
         }
         *out = sg_config__resolve_path(base, text);
         return 0;
+    case SG_CONF_T_IP: {
+        struct sockaddr_storage ss;
+        sg_listen_conf_t probe;
+        char ignored[8], canon[INET6_ADDRSTRLEN];
+        if (sg_config__parse_listen(text, 0, &probe, ignored, sizeof(ignored)) == 0)
+            return fail(why, whylen, "'%s': expected an address without port", text);
+        if (sg_config__parse_ip(text, &ss, why, whylen) != 0) return -1;
+        const void *a = ss.ss_family == AF_INET
+                            ? (const void *)&((struct sockaddr_in *)&ss)->sin_addr
+                            : (const void *)&((struct sockaddr_in6 *)&ss)->sin6_addr;
+        inet_ntop(ss.ss_family, a, canon, sizeof(canon));
+        if (strcmp(canon, "0.0.0.0") == 0 || strcmp(canon, "::") == 0)
+            return fail(why, whylen, "'%s' is the unspecified address", text);
+        *out = xstrdup(canon);
+        return 0;
+    }
+    case SG_CONF_T_IDENT:
+        if (sg_config__check_ident(text, why, whylen) != 0) return -1;
+        *out = xstrdup(text);
+        return 0;
     default:
         return fail(why, whylen, "not a text setting");
     }
@@ -447,6 +494,12 @@ int sg_config__set_scalar(sg_config_t *c, const sg_config__key_t *k, const char 
         if (sg_config__parse_bool(text, (int *)field) != 0)
             return fail(why, whylen, "expected true or false, got '%s'", text);
         return 0;
+    case SG_CONF_T_LISTEN_OPT: {
+        sg_listen_conf_t l;
+        if (sg_config__parse_listen(text, 0, &l, why, whylen) != 0) return -1;
+        *(sg_listen_conf_t *)field = l;
+        return 0;
+    }
     case SG_CONF_T_UINT:
         if (parse_uint(text, &v, why, whylen)) return -1;
         snprintf(lo, sizeof(lo), "%llu", (unsigned long long)k->min);

@@ -70,6 +70,31 @@ typedef struct {
     uint64_t negative_ttl_ms; /* dns.negative_ttl: NXDOMAIN cached, default 5s */
 } sg_dns_conf_t;
 
+/* Egress role (egress issue): transparent proxy for traffic leaving the
+ * sandboxes on this host. Enabled when any listen_* is set. */
+typedef struct {
+    sg_listen_conf_t listen_http;  /* egress.listen_http: redirected port 80; text[0] == 0: off */
+    sg_listen_conf_t listen_tls;   /* egress.listen_tls: redirected port 443 */
+    sg_listen_conf_t listen_other; /* egress.listen_other: every other TCP port */
+    char *nameserver;              /* egress.nameserver: IP literal, default "8.8.8.8" */
+    struct sockaddr_storage *resolvers; /* egress.resolvers: "IP[:PORT]"; default nameserver:53 */
+    size_t n_resolvers;
+    char **always_denied_exceptions; /* egress.always_denied_exceptions: CIDR texts */
+    size_t n_always_denied_exceptions;
+    /* egress.sandbox_interfaces: nft iifname patterns ("veth*", "tap0") of the
+     * interfaces sandboxes send on; a packet in on one of them from an address
+     * no sandbox is registered with is dropped. None: no such check. */
+    char **sandbox_interfaces;
+    size_t n_sandbox_interfaces;
+    uint64_t sniff_timeout_ms;   /* egress.sniff_timeout, default 5s */
+    size_t sniff_max_bytes;      /* egress.sniff_max_bytes, default 16 KiB */
+    uint64_t connect_timeout_ms; /* egress.connect_timeout, default 5s */
+    uint64_t idle_timeout_ms;    /* egress.idle_timeout, default 300s */
+    int nft_apply;               /* egress.nft_apply: load the ruleset with nft, default false */
+    char *nft_table;             /* egress.nft_table: table name, default "sandgate" */
+    int enabled;                 /* resolved: any listen_* set */
+} sg_egress_conf_t;
+
 /* Lookup sources in the order they are asked. */
 typedef enum { SG_SOURCE_STATIC, SG_SOURCE_ADMIN, SG_SOURCE_DNS } sg_source_kind_t;
 
@@ -86,7 +111,7 @@ typedef struct {
 typedef struct sg_config_s {
     _Atomic int refs;
     char *source;              /* file path, or "<embedded>" */
-    sg_listen_conf_t *listens; /* n_listens >= 1 */
+    sg_listen_conf_t *listens; /* n_listens >= 1, or 0 with egress.enabled */
     size_t n_listens;
     char **domains; /* lower-case, no leading dot, n_domains >= 1 */
     size_t n_domains;
@@ -105,6 +130,7 @@ typedef struct sg_config_s {
     char *token_header;        /* token_header: default "X-Traffic-Access-Token" */
     sg_admin_conf_t admin;
     sg_dns_conf_t dns;
+    sg_egress_conf_t egress;
     /* lookup_order: default [static, admin, dns]. Resolved: only configured
      * sources remain (static always; admin with admin.listen or admin.store;
      * dns with dns.zone), in the order given; n_lookup_order >= 1. */
@@ -163,9 +189,12 @@ char *sg_config_dump(const sg_config_t *c);
 /* Reload check: the name of the first setting that differs between the two
  * snapshots and cannot change without a restart ("listen", including a
  * listener's tls, proxy_protocol and max_connections; "workers";
- * "admin.listen"; "admin.store"), or NULL when new_c may replace old_c in
- * place (certificates, tls settings, admin.token, dns, lookup_order and the
- * log settings may change). */
+ * "admin.listen"; "admin.store"; "egress.listen_http" and the other egress
+ * listeners, "egress.nameserver", "egress.resolvers",
+ * "egress.sandbox_interfaces", "egress.nft_apply", "egress.nft_table"), or
+ * NULL when new_c may replace old_c in place (certificates, tls settings,
+ * admin.token, dns, lookup_order, the log settings and the other egress
+ * settings may change). */
 const char *sg_config_restart_key(const sg_config_t *old_c, const sg_config_t *new_c);
 
 #endif

@@ -261,11 +261,12 @@ static void apply_flags(sg_config_t *c, const sg_flag_t *flags, size_t n, int fr
         }
         case SG_FLAG_DNS_SERVER: {
             struct sockaddr_storage ss;
-            if (!servers_replaced) sg_config__clear_servers(c), servers_replaced = 1;
+            sg_config__servers_t list = {&c->dns.servers, &c->dns.n_servers};
+            if (!servers_replaced) sg_config__clear_servers(list), servers_replaced = 1;
             if (sg_config__parse_server(f->value, &ss, why, sizeof(why)) != 0)
                 sg_config__error(errs, SG_CLI, 0, "%s: %s", name, why);
             else
-                sg_config__add_server(c, &ss);
+                sg_config__add_server(list, &ss);
             break;
         }
         case SG_FLAG_DOMAIN: {

@@ -1,8 +1,8 @@
 /* Internals shared by config.c (the settings table and value types),
  * config_ops.c (snapshot lifecycle, validation, dump, reload check),
  * config_sources.c (admin, dns and lookup_order), config_tls.c (tls),
- * config_yaml.c (the file) and config_cli.c (argv). Nothing outside
- * ingress/config/ includes this header. */
+ * config_egress.c (egress), config_yaml.c (the file) and config_cli.c
+ * (argv). Nothing outside ingress/config/ includes this header. */
 #ifndef SG_CONFIG_CONFIG_INTERNAL_H
 #define SG_CONFIG_CONFIG_INTERNAL_H
 
@@ -43,6 +43,10 @@ typedef enum {
     SG_CONF_T_DOMAINS,       /* sg_config_t.domains / n_domains */
     SG_CONF_T_SANDBOXES,     /* sg_config_t.sandboxes / n_sandboxes */
     SG_CONF_T_SERVERS,       /* sg_config_t.dns.servers / n_servers (config_sources.c) */
+    SG_CONF_T_RESOLVERS,     /* sg_config_t.egress.resolvers / n_resolvers, as SERVERS */
+    SG_CONF_T_CIDRS,         /* sg_config_t.egress.always_denied_exceptions (config_egress.c) */
+    SG_CONF_T_IFNAMES,       /* sg_config_t.egress.sandbox_interfaces (config_egress.c) */
+    SG_CONF_T_LISTEN_OPT,    /* one sg_listen_conf_t at offset, "ADDR:PORT"; text[0] == 0: off */
     SG_CONF_T_SOURCES,       /* sg_config_t.lookup_order / n_lookup_order (config_sources.c) */
     SG_CONF_T_UINT,          /* unsigned or size_t field at offset, decimal */
     SG_CONF_T_DURATION,      /* uint64_t milliseconds at offset, "1.5s" etc. */
@@ -58,6 +62,8 @@ typedef enum {
     SG_CONF_T_DNS_NAME,   /* DNS name, lower-cased (sg_config__parse_domain) */
     SG_CONF_T_HEADER,     /* HTTP header name (RFC 9110 token), stored as given */
     SG_CONF_T_ACCESS_LOG, /* "stdout", "off" or a path resolved like PATH */
+    SG_CONF_T_IP,         /* IPv4 or IPv6 literal without port, stored in inet_ntop form */
+    SG_CONF_T_IDENT,      /* [A-Za-z_][A-Za-z0-9_]{0,31} (an nftables table name) */
 } sg_config__type_t;
 
 /* 1 for the char * types above. */
@@ -200,9 +206,20 @@ int sg_config__parse_server(const char *text, struct sockaddr_storage *out, char
                             size_t whylen);
 /* "IP:PORT" / "[IPv6]:PORT" for messages and the dump. */
 void sg_config__format_server(const struct sockaddr_storage *ss, char *buf, size_t len);
-void sg_config__clear_servers(sg_config_t *c);
-void sg_config__add_server(sg_config_t *c, const struct sockaddr_storage *ss);
-long sg_config__find_server(const sg_config_t *c, const struct sockaddr_storage *ss);
+
+/* A server list: c->dns.servers or c->egress.resolvers. */
+typedef struct {
+    struct sockaddr_storage **v;
+    size_t *n;
+} sg_config__servers_t;
+
+/* The list a SERVERS or RESOLVERS row stands for. */
+sg_config__servers_t sg_config__servers_of(sg_config_t *c, const sg_config__key_t *k);
+void sg_config__clear_servers(sg_config__servers_t l);
+void sg_config__add_server(sg_config__servers_t l, const struct sockaddr_storage *ss);
+long sg_config__find_server(sg_config__servers_t l, const struct sockaddr_storage *ss);
+int sg_config__servers_eq(const struct sockaddr_storage *x, size_t nx,
+                          const struct sockaddr_storage *y, size_t ny);
 /* "static" / "admin" / "dns". */
 int sg_config__parse_source(const char *text, sg_source_kind_t *out, char *why, size_t whylen);
 const char *sg_config__source_name(sg_source_kind_t s);
@@ -211,9 +228,47 @@ const char *sg_config__source_name(sg_source_kind_t s);
  * ttl_min), then lookup_order keeps only configured sources. */
 void sg_config__finish_sources(sg_config_t *c, const char *source, const sg_config__marks_t *marks,
                                sg_config__errs_t *errs);
-/* Dumps of the SERVERS and SOURCES rows after "<indent>name:". */
-void sg_config__dump_servers(sg_strbuf_t *b, const sg_config_t *c, const char *indent);
+/* Dumps of the SERVERS / RESOLVERS and SOURCES rows after "<indent>name:". */
+void sg_config__dump_servers(sg_strbuf_t *b, const struct sockaddr_storage *v, size_t n,
+                             const char *indent);
 void sg_config__dump_sources(sg_strbuf_t *b, const sg_config_t *c);
+
+/* ---- egress (config_egress.c) ---------------------------------------------- */
+
+/* The text lists (CIDRS and IFNAMES rows): malloc'd strings in the form the
+ * item parser produced, each list free of duplicates. */
+typedef struct {
+    char ***v;
+    size_t *n;
+} sg_config__texts_t;
+
+/* The list a CIDRS or IFNAMES row stands for (abort() for other types). */
+sg_config__texts_t sg_config__texts_of(sg_config_t *c, sg_config__type_t type);
+void sg_config__clear_texts(sg_config__texts_t l);
+/* Takes ownership of text. */
+void sg_config__add_text(sg_config__texts_t l, char *text);
+long sg_config__find_text(sg_config__texts_t l, const char *text);
+/* 1 when both snapshots hold the same list, in the same order, for the row. */
+int sg_config__texts_eq(const sg_config_t *a, const sg_config_t *b, const sg_config__key_t *k);
+/* Dump of the row's list after "<indent>name:". */
+void sg_config__dump_texts(sg_strbuf_t *b, const sg_config_t *c, const sg_config__key_t *k,
+                           const char *indent);
+/* One item of a CIDRS or IFNAMES row; *out is the malloc'd text the
+ * snapshot keeps. CIDRS: an address or CIDR as sg_cidr_parse
+ * (egress/policy.h) accepts it, in the policy's normal form (a bare address
+ * stays bare). IFNAMES: an interface pattern as nft's iifname takes it, 1..15
+ * characters of [A-Za-z0-9_.-] of which the last may be a '*' wildcard (not
+ * '*' alone), kept as written. */
+int sg_config__parse_text_item(sg_config__type_t type, const char *text, char **out, char *why,
+                               size_t whylen);
+/* nftables table name: [A-Za-z_][A-Za-z0-9_]{0,31}. */
+int sg_config__check_ident(const char *text, char *why, size_t whylen);
+/* Part of sg_config__finish, after the proxy and admin listeners are final:
+ * resolves egress.enabled and the default resolver (nameserver:53), then
+ * checks the egress ports (distinct, not a proxy or admin listener) and that
+ * the admin API exists to register policies. */
+void sg_config__finish_egress(sg_config_t *c, const char *source, const sg_config__marks_t *marks,
+                              sg_config__errs_t *errs);
 
 /* Parses YAML into c (which holds defaults or an earlier layer). Keys present
  * in the text replace c's values; their lines go to marks (may be NULL).
@@ -222,7 +277,8 @@ int sg_config__parse_yaml(sg_config_t *c, const char *text, size_t len, const ch
                           sg_config__marks_t *marks, sg_config__errs_t *errs);
 
 /* Whole-snapshot checks after all layers are merged (at least one listener
- * and domain, no duplicates, TLS, admin, dns, lookup_order), then resolves
+ * unless egress is enabled, at least one domain, no duplicates, TLS, admin,
+ * dns, lookup_order, egress), then resolves
  * workers 0 to the CPU count. Errors are reported against `source` without a
  * line, or against the file line in marks (may be NULL) for rows it set. */
 int sg_config__finish(sg_config_t *c, const char *source, const sg_config__marks_t *marks,

@@ -116,7 +116,10 @@ void sg_config__free(sg_config_t *c)
     sg_config__clear_domains(c);
     sg_config__clear_sandboxes(c);
     sg_config__clear_certs(c);
-    sg_config__clear_servers(c);
+    sg_config__clear_servers((sg_config__servers_t){&c->dns.servers, &c->dns.n_servers});
+    sg_config__clear_servers((sg_config__servers_t){&c->egress.resolvers, &c->egress.n_resolvers});
+    sg_config__clear_texts(sg_config__texts_of(c, SG_CONF_T_CIDRS));
+    sg_config__clear_texts(sg_config__texts_of(c, SG_CONF_T_IFNAMES));
     for (size_t i = 0; i < sg_config__n_keys; i++)
         if (sg_config__is_string(sg_config__keys[i].type))
             sg_config__unset_string(c, &sg_config__keys[i]);
@@ -183,7 +186,12 @@ int sg_config__finish(sg_config_t *c, const char *source, const sg_config__marks
                       sg_config__errs_t *errs)
 {
     unsigned before = errs->n;
-    if (c->n_listens == 0) sg_config__error(errs, source, 0, "no listen address configured");
+    /* Resolved first: an egress-only host needs no proxy listener. */
+    sg_config__finish_egress(c, source, marks, errs);
+    if (c->n_listens == 0 && !c->egress.enabled)
+        sg_config__error_key(errs, source, marks, "listen",
+                             "listen: needs at least one item (or egress.listen_* for an "
+                             "egress-only host)");
     if (c->n_domains == 0) sg_config__error(errs, source, 0, "no domain configured");
     for (size_t i = 1; i < c->n_listens; i++) {
         for (size_t j = 0; j < i; j++) {
@@ -286,8 +294,26 @@ static void dump_key(sg_strbuf_t *b, const sg_config_t *c, const sg_config__key_
         dump_listens(b, c, k->type == SG_CONF_T_ADMIN_LISTENS, indent);
         return;
     case SG_CONF_T_SERVERS:
-        sg_config__dump_servers(b, c, indent);
+        sg_config__dump_servers(b, c->dns.servers, c->dns.n_servers, indent);
         return;
+    case SG_CONF_T_RESOLVERS:
+        sg_config__dump_servers(b, c->egress.resolvers, c->egress.n_resolvers, indent);
+        return;
+    case SG_CONF_T_CIDRS:
+    case SG_CONF_T_IFNAMES:
+        sg_config__dump_texts(b, c, k, indent);
+        return;
+    case SG_CONF_T_LISTEN_OPT: {
+        const sg_listen_conf_t *l = (const sg_listen_conf_t *)field;
+        if (!l->text[0]) {
+            sg_strbuf_append_cstr(b, " ~\n");
+            return;
+        }
+        sg_strbuf_append_cstr(b, " ");
+        sg_config__append_quoted(b, l->text);
+        sg_strbuf_append_cstr(b, "\n");
+        return;
+    }
     case SG_CONF_T_SOURCES:
         sg_config__dump_sources(b, c);
         return;
@@ -299,6 +325,8 @@ static void dump_key(sg_strbuf_t *b, const sg_config_t *c, const sg_config__key_
     case SG_CONF_T_DNS_NAME:
     case SG_CONF_T_HEADER:
     case SG_CONF_T_ACCESS_LOG:
+    case SG_CONF_T_IP:
+    case SG_CONF_T_IDENT:
         /* "~" is how the file says "none" for rows without a default. */
         if (!*(char *const *)field) {
             sg_strbuf_append_cstr(b, " ~\n");
@@ -430,10 +458,20 @@ static int key_eq(const sg_config__key_t *k, const sg_config_t *a, const sg_conf
     case SG_CONF_T_CERTS:
         return sg_config__certs_eq(a, b);
     case SG_CONF_T_SERVERS:
-        if (a->dns.n_servers != b->dns.n_servers) return 0;
-        for (size_t i = 0; i < a->dns.n_servers; i++)
-            if (!sg_config__sockaddr_eq(&a->dns.servers[i], &b->dns.servers[i])) return 0;
-        return 1;
+        return sg_config__servers_eq(a->dns.servers, a->dns.n_servers, b->dns.servers,
+                                     b->dns.n_servers);
+    case SG_CONF_T_RESOLVERS:
+        return sg_config__servers_eq(a->egress.resolvers, a->egress.n_resolvers,
+                                     b->egress.resolvers, b->egress.n_resolvers);
+    case SG_CONF_T_CIDRS:
+    case SG_CONF_T_IFNAMES:
+        return sg_config__texts_eq(a, b, k);
+    case SG_CONF_T_LISTEN_OPT: {
+        const sg_listen_conf_t *x = (const void *)((const char *)a + k->offset);
+        const sg_listen_conf_t *y = (const void *)((const char *)b + k->offset);
+        if (!x->text[0] || !y->text[0]) return !x->text[0] && !y->text[0];
+        return sg_config__sockaddr_eq(&x->addr, &y->addr);
+    }
     case SG_CONF_T_SOURCES:
         return a->n_lookup_order == b->n_lookup_order &&
                memcmp(a->lookup_order, b->lookup_order,

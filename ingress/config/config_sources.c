@@ -35,7 +35,7 @@ int sg_config__parse_source(const char *text, sg_source_kind_t *out, char *why, 
     return -1;
 }
 
-/* ---- dns.servers ---------------------------------------------------------- */
+/* ---- dns.servers (and egress.resolvers, the same kind of list) ------------ */
 
 static void set_port(struct sockaddr_storage *ss, uint16_t port)
 {
@@ -83,27 +83,42 @@ void sg_config__format_server(const struct sockaddr_storage *ss, char *buf, size
     }
 }
 
-void sg_config__clear_servers(sg_config_t *c)
+sg_config__servers_t sg_config__servers_of(sg_config_t *c, const sg_config__key_t *k)
 {
-    free(c->dns.servers);
-    c->dns.servers = NULL;
-    c->dns.n_servers = 0;
+    if (k->type == SG_CONF_T_RESOLVERS)
+        return (sg_config__servers_t){&c->egress.resolvers, &c->egress.n_resolvers};
+    return (sg_config__servers_t){&c->dns.servers, &c->dns.n_servers};
 }
 
-void sg_config__add_server(sg_config_t *c, const struct sockaddr_storage *ss)
+void sg_config__clear_servers(sg_config__servers_t l)
 {
-    struct sockaddr_storage *v =
-        realloc(c->dns.servers, (c->dns.n_servers + 1) * sizeof(*c->dns.servers));
+    free(*l.v);
+    *l.v = NULL;
+    *l.n = 0;
+}
+
+void sg_config__add_server(sg_config__servers_t l, const struct sockaddr_storage *ss)
+{
+    struct sockaddr_storage *v = realloc(*l.v, (*l.n + 1) * sizeof(**l.v));
     if (!v) abort();
-    c->dns.servers = v;
-    v[c->dns.n_servers++] = *ss;
+    *l.v = v;
+    v[(*l.n)++] = *ss;
 }
 
-long sg_config__find_server(const sg_config_t *c, const struct sockaddr_storage *ss)
+long sg_config__find_server(sg_config__servers_t l, const struct sockaddr_storage *ss)
 {
-    for (size_t i = 0; i < c->dns.n_servers; i++)
-        if (sg_config__sockaddr_eq(&c->dns.servers[i], ss)) return (long)i;
+    for (size_t i = 0; i < *l.n; i++)
+        if (sg_config__sockaddr_eq(&(*l.v)[i], ss)) return (long)i;
     return -1;
+}
+
+int sg_config__servers_eq(const struct sockaddr_storage *x, size_t nx,
+                          const struct sockaddr_storage *y, size_t ny)
+{
+    if (nx != ny) return 0;
+    for (size_t i = 0; i < nx; i++)
+        if (!sg_config__sockaddr_eq(&x[i], &y[i])) return 0;
+    return 1;
 }
 
 /* ---- whole-snapshot checks ------------------------------------------------ */
@@ -197,16 +212,17 @@ void sg_config__finish_sources(sg_config_t *c, const char *source, const sg_conf
 
 /* ---- dump ------------------------------------------------------------------ */
 
-void sg_config__dump_servers(sg_strbuf_t *b, const sg_config_t *c, const char *indent)
+void sg_config__dump_servers(sg_strbuf_t *b, const struct sockaddr_storage *v, size_t n,
+                             const char *indent)
 {
     char text[64];
-    if (c->dns.n_servers == 0) {
+    if (n == 0) {
         sg_strbuf_append_cstr(b, " []\n");
         return;
     }
     sg_strbuf_append_cstr(b, "\n");
-    for (size_t i = 0; i < c->dns.n_servers; i++) {
-        sg_config__format_server(&c->dns.servers[i], text, sizeof(text));
+    for (size_t i = 0; i < n; i++) {
+        sg_config__format_server(&v[i], text, sizeof(text));
         sg_strbuf_appendf(b, "%s  - ", indent);
         sg_config__append_quoted(b, text);
         sg_strbuf_append_cstr(b, "\n");

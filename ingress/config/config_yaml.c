@@ -194,21 +194,42 @@ static void walk_domain_item(sg_yaml_walk_t *w, const char *name, yaml_node_t *i
     sg_config__add_domain(w->c, d);
 }
 
-static void walk_server_item(sg_yaml_walk_t *w, const char *name, yaml_node_t *item)
+static void walk_server_item(sg_yaml_walk_t *w, const sg_config__key_t *k, yaml_node_t *item)
 {
     char why[256];
     struct sockaddr_storage ss;
-    const char *text = scalar_text(w, item, name);
+    const char *text = scalar_text(w, item, k->name);
     if (!text) return;
     if (sg_config__parse_server(text, &ss, why, sizeof(why)) != 0) {
-        WALK_ERROR(w, item, "%s: %s", name, why);
+        WALK_ERROR(w, item, "%s: %s", k->name, why);
         return;
     }
-    if (sg_config__find_server(w->c, &ss) >= 0) {
-        WALK_ERROR(w, item, "%s: duplicate server '%s'", name, text);
+    sg_config__servers_t list = sg_config__servers_of(w->c, k);
+    if (sg_config__find_server(list, &ss) >= 0) {
+        WALK_ERROR(w, item, "%s: duplicate server '%s'", k->name, text);
         return;
     }
-    sg_config__add_server(w->c, &ss);
+    sg_config__add_server(list, &ss);
+}
+
+/* An item of a CIDRS or IFNAMES row. */
+static void walk_text_item(sg_yaml_walk_t *w, const sg_config__key_t *k, yaml_node_t *item)
+{
+    char why[256];
+    char *value;
+    const char *text = scalar_text(w, item, k->name);
+    if (!text) return;
+    if (sg_config__parse_text_item(k->type, text, &value, why, sizeof(why)) != 0) {
+        WALK_ERROR(w, item, "%s: %s", k->name, why);
+        return;
+    }
+    sg_config__texts_t list = sg_config__texts_of(w->c, k->type);
+    if (sg_config__find_text(list, value) >= 0) {
+        WALK_ERROR(w, item, "%s: duplicate entry '%s'", k->name, text);
+        free(value);
+        return;
+    }
+    sg_config__add_text(list, value);
 }
 
 static void walk_source_item(sg_yaml_walk_t *w, const char *name, yaml_node_t *item)
@@ -229,11 +250,12 @@ static void walk_source_item(sg_yaml_walk_t *w, const char *name, yaml_node_t *i
     w->c->lookup_order[w->c->n_lookup_order++] = s;
 }
 
-/* The list rows; each replaces the previous list. listen, domains and
- * lookup_order need an item; admin.listen and dns.servers may be empty. */
+/* The list rows; each replaces the previous list. domains and lookup_order
+ * need an item; the others may be empty (an empty `listen` is judged once
+ * egress is known, in sg_config__finish). */
 static void walk_list(sg_yaml_walk_t *w, const sg_config__key_t *k, yaml_node_t *n)
 {
-    int may_be_empty = k->type == SG_CONF_T_ADMIN_LISTENS || k->type == SG_CONF_T_SERVERS;
+    int may_be_empty = k->type != SG_CONF_T_DOMAINS && k->type != SG_CONF_T_SOURCES;
     int empty = is_null(n) || (n->type == YAML_SEQUENCE_NODE &&
                                n->data.sequence.items.start == n->data.sequence.items.top);
     if (empty && !may_be_empty) {
@@ -254,7 +276,12 @@ static void walk_list(sg_yaml_walk_t *w, const sg_config__key_t *k, yaml_node_t 
         sg_config__clear_domains(w->c);
         break;
     case SG_CONF_T_SERVERS:
-        sg_config__clear_servers(w->c);
+    case SG_CONF_T_RESOLVERS:
+        sg_config__clear_servers(sg_config__servers_of(w->c, k));
+        break;
+    case SG_CONF_T_CIDRS:
+    case SG_CONF_T_IFNAMES:
+        sg_config__clear_texts(sg_config__texts_of(w->c, k->type));
         break;
     default:
         w->c->n_lookup_order = 0;
@@ -273,7 +300,12 @@ static void walk_list(sg_yaml_walk_t *w, const sg_config__key_t *k, yaml_node_t 
             walk_domain_item(w, k->name, item);
             break;
         case SG_CONF_T_SERVERS:
-            walk_server_item(w, k->name, item);
+        case SG_CONF_T_RESOLVERS:
+            walk_server_item(w, k, item);
+            break;
+        case SG_CONF_T_CIDRS:
+        case SG_CONF_T_IFNAMES:
+            walk_text_item(w, k, item);
             break;
         default:
             /* 3 sources, none twice: the array cannot overflow. */
@@ -447,6 +479,9 @@ static void walk_key(sg_yaml_walk_t *w, const sg_config__key_t *k, yaml_node_t *
     case SG_CONF_T_ADMIN_LISTENS:
     case SG_CONF_T_DOMAINS:
     case SG_CONF_T_SERVERS:
+    case SG_CONF_T_RESOLVERS:
+    case SG_CONF_T_CIDRS:
+    case SG_CONF_T_IFNAMES:
     case SG_CONF_T_SOURCES:
         walk_list(w, k, n);
         return;
@@ -463,6 +498,10 @@ static void walk_key(sg_yaml_walk_t *w, const sg_config__key_t *k, yaml_node_t *
         sg_config__unset_string(w->c, k); /* `token: ~`: explicitly none */
         return;
     }
+    if (is_null(n) && k->type == SG_CONF_T_LISTEN_OPT) {
+        memset((char *)w->c + k->offset, 0, k->size); /* `listen_http: ~`: off */
+        return;
+    }
     if (is_null(n)) {
         WALK_ERROR(w, n, "%s: missing value", k->name);
         return;
@@ -472,8 +511,8 @@ static void walk_key(sg_yaml_walk_t *w, const sg_config__key_t *k, yaml_node_t *
         WALK_ERROR(w, n, "%s: %s", k->name, why);
 }
 
-/* `timeouts:` / `limits:` / `tls:` / `admin:` / `dns:` — a mapping whose keys are rows
- * "<section>.<key>". */
+/* `timeouts:` / `limits:` / `tls:` / `admin:` / `dns:` / `egress:` — a
+ * mapping whose keys are rows "<section>.<key>". */
 static void walk_section(sg_yaml_walk_t *w, const char *section, yaml_node_t *n)
 {
     if (is_null(n)) return;

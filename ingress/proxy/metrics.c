@@ -41,6 +41,35 @@ static void histogram(sg_strbuf_t *o, const sg_worker_t *w, unsigned n, const ch
                       name, (unsigned long long)cumulative);
 }
 
+/* Only when some worker runs the egress role, so ingress-only hosts do not
+ * export a wall of zeros. */
+static void egress_metrics(const sg_worker_t *w, unsigned n, sg_strbuf_t *o)
+{
+    int on = 0;
+    for (unsigned i = 0; i < n; i++) on |= w[i].egress_on;
+    if (!on) return;
+    header(o, "sandgate_egress_decisions_total", "counter",
+           "Intercepted sandbox connections by protocol, decision and reason.");
+    for (unsigned p = 0; p < SG_EGRESS_PROTO_COUNT; p++)
+        for (unsigned d = 0; d < 2; d++)
+            for (unsigned r = 0; r < SG_EGRESS_REASON_COUNT; r++)
+                sg_strbuf_appendf(o,
+                                  "sandgate_egress_decisions_total{protocol=\"%s\",decision=\"%s\","
+                                  "reason=\"%s\"} %llu\n",
+                                  sg_egress_proto_name(p), d ? "allow" : "deny",
+                                  sg_egress_reason_name((sg_egress_reason_t)r),
+                                  (unsigned long long)W(stats.egress.decisions[p][d][r]));
+    header(o, "sandgate_egress_connections", "gauge", "Open intercepted sandbox connections.");
+    sg_strbuf_appendf(o, "sandgate_egress_connections %llu\n",
+                      (unsigned long long)W(stats.egress.open));
+    header(o, "sandgate_egress_bytes_total", "counter",
+           "Bytes spliced for allowed egress connections, by direction.");
+    sg_strbuf_appendf(o, "sandgate_egress_bytes_total{direction=\"out\"} %llu\n",
+                      (unsigned long long)W(stats.egress.bytes_out));
+    sg_strbuf_appendf(o, "sandgate_egress_bytes_total{direction=\"in\"} %llu\n",
+                      (unsigned long long)W(stats.egress.bytes_in));
+}
+
 void sg_metrics_render(const sg_worker_t *w, unsigned n, int draining, sg_strbuf_t *o)
 {
     header(o, "sandgate_requests_total", "counter", "Requests whose head was received.");
@@ -72,6 +101,8 @@ void sg_metrics_render(const sg_worker_t *w, unsigned n, int draining, sg_strbuf
                       (unsigned long long)W(upstreams.stats.open));
     header(o, "sandgate_tunnels", "gauge", "Open upgraded (101) tunnels.");
     sg_strbuf_appendf(o, "sandgate_tunnels %llu\n", (unsigned long long)W(stats.tunnels_open));
+
+    egress_metrics(w, n, o);
 
     header(o, "sandgate_upstream_pool_total", "counter", "Upstream pool hits and misses.");
     sg_strbuf_appendf(o, "sandgate_upstream_pool_total{result=\"hit\"} %llu\n",

@@ -81,6 +81,7 @@ static void use_snapshot(sg_worker_t *w, sg_snapshot_t *snap)
     sg_lookup_static_init(&w->static_source, &snap->table);
     w->static_source.metric_index = SG_SOURCE_STATIC;
     build_lookup_chain(w);
+    if (w->egress_on) sg_egress_worker_set_conf(&w->egress, &snap->config->egress);
     sg_snapshot_unref(old);
 }
 
@@ -219,7 +220,16 @@ int sg_worker_init(sg_worker_t *w, unsigned index, sg_snapshot_t *snap, const sg
     uv_timer_start(&w->qsbr_tick, qsbr_tick_cb, 100, 100);
     uv_async_init(&w->loop, &w->reload_async, reload_async_cb);
     w->reload_async.data = w;
-    w->listeners = calloc(config->n_listens, sizeof(*w->listeners));
+    if (w->shared.egress && config->egress.enabled) {
+        w->egress_on = 1;
+        rc = sg_egress_worker_init(&w->egress, &w->loop, index, &w->bufs, w->shared.egress,
+                                   &config->egress, &w->stats.egress);
+        if (rc) {
+            w->listen_error = rc;
+            return rc;
+        }
+    }
+    w->listeners = calloc(config->n_listens ? config->n_listens : 1, sizeof(*w->listeners));
     if (!w->listeners) abort();
     for (size_t i = 0; i < config->n_listens; i++) {
         sg_listener_t *l = &w->listeners[i];
@@ -259,6 +269,7 @@ static void shutdown_worker(sg_worker_t *w)
     w->stopping = 1;
     close_listeners(w);
     while (w->conns) sg_conn_close(w->conns);
+    if (w->egress_on) sg_egress_worker_close(&w->egress);
     sg_upstream_pool_close(&w->upstreams);
     if (w->dns) sg_dns_source_close(w->dns);
     w->dns = NULL;
@@ -289,7 +300,9 @@ static void drain_tick(sg_worker_t *w)
         if (now >= w->drain_deadline || sg_conn_is_idle(c)) sg_conn_close(c);
         c = next;
     }
-    if (!w->conns) shutdown_worker(w);
+    /* Egress connections are tunnels: they run until the deadline. */
+    if (w->egress_on && now >= w->drain_deadline) sg_egress_worker_close(&w->egress);
+    if (!w->conns && (!w->egress_on || !w->egress.conns)) shutdown_worker(w);
 }
 
 static void begin_drain(sg_worker_t *w)
@@ -297,6 +310,7 @@ static void begin_drain(sg_worker_t *w)
     w->draining = 1;
     w->drain_deadline += uv_now(&w->loop); /* the mailbox carried the duration */
     close_listeners(w);
+    if (w->egress_on) sg_egress_worker_stop_listening(&w->egress);
     drain_tick(w);
 }
 
@@ -352,6 +366,7 @@ void sg_worker_cleanup(sg_worker_t *w)
      * (a listener that failed half-way, say) without closing anything twice. */
     if (w->dns) sg_dns_source_close(w->dns);
     w->dns = NULL;
+    if (w->egress_on) sg_egress_worker_close(&w->egress);
     if (w->upstreams.buckets) sg_upstream_pool_close(&w->upstreams);
     uv_walk(&w->loop, close_walk_cb, NULL);
     uv_run(&w->loop, UV_RUN_DEFAULT);

@@ -10,6 +10,7 @@
 #include "core/strbuf.h"
 #include "net/upstream.h"
 #include "core/qsbr.h"
+#include "egress/proxy.h"
 #include "route/dns.h"
 #include "route/lookup.h"
 #include "route/store.h"
@@ -38,6 +39,7 @@ typedef struct {
     sg_counter_t first_byte_sum_us, total_sum_us;
     sg_counter_t lookups[3][4]; /* [static, admin, dns][found, not found, failed, pending] */
     sg_dns_stats_t dns;         /* the DNS source counts here (outlives the source) */
+    sg_egress_stats_t egress;   /* the egress proxy's counts */
 } sg_worker_stats_t;
 
 /* Everything a reload replaces, published as one immutable unit. Workers
@@ -61,8 +63,9 @@ typedef struct sg_worker_s sg_worker_t;
 
 /* What outlives snapshots and is shared by every worker. */
 typedef struct {
-    sg_qsbr_t *qsbr;   /* workers are its readers */
-    sg_store_t *store; /* admin store, NULL when not configured */
+    sg_qsbr_t *qsbr;           /* workers are its readers */
+    sg_store_t *store;         /* admin store, NULL when not configured */
+    const sg_egress_t *egress; /* egress role, NULL when off */
 } sg_shared_t;
 
 #define SG_KILL_QUEUE 64
@@ -108,9 +111,11 @@ struct sg_worker_s {
     sg_upstream_pool_t upstreams;
     sg_listener_t *listeners;
     size_t n_listeners;
-    uint16_t https_port; /* first TLS listener's port, for redirects */
-    int listen_error;    /* first listener error, reported to main */
-    sg_conn_t *conns;    /* every open client connection (doubly linked) */
+    uint16_t https_port;       /* first TLS listener's port, for redirects */
+    int listen_error;          /* first listener error, reported to main */
+    sg_conn_t *conns;          /* every open client connection (doubly linked) */
+    sg_egress_worker_t egress; /* egress listeners and connections (egress.enabled) */
+    int egress_on;
     sg_fwd_write_t *free_writes;
     sg_worker_stats_t stats;
     sg_tls_counters_t tls_stats;

@@ -1,5 +1,7 @@
 #include "route/sandbox.h"
 
+#include "egress/policy.h"
+
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
 #include <stdlib.h>
@@ -44,6 +46,7 @@ void sg_sandbox_unref(sg_sandbox_t *sb)
 {
     if (atomic_fetch_sub_explicit(&sb->refs, 1, memory_order_acq_rel) != 1) return;
     free(sb->mask);
+    sg_egress_policy_free(sb->egress_policy);
     free(sb);
 }
 

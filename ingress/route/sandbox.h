@@ -21,6 +21,10 @@ typedef struct sg_sandbox_s {
      * route/limits.h, across workers and across copies of the record. */
     unsigned max_connections;
     const char *source; /* "static", "admin" or "dns": metrics and logs */
+    /* Egress policy (egress/policy.h), owned by the record; NULL = the
+     * default (internet on, no rules). Set only on admin records, before
+     * they are published; fixed for the record's life. */
+    struct sg_egress_policy_s *egress_policy;
 } sg_sandbox_t;
 
 /* Copies id/addr/mask; returns a record with one reference and no token or

@@ -3,6 +3,7 @@
 #include "route/store_internal.h"
 
 #include "core/log.h"
+#include "egress/policy.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -136,6 +137,9 @@ int sg_store__encode_put(sg_strbuf_t *out, const sg_sandbox_t *rec)
               set(o, "mask", rec->mask ? json_string(rec->mask) : json_null()) |
               set(o, "token_sha256", rec->has_token ? json_string(hex) : json_null()) |
               set(o, "max_incoming_connections", json_integer(rec->max_connections));
+    /* Only non-default policies are written: logs of sandboxes without
+     * egress rules stay as they were. */
+    if (rec->egress_policy) sg_egress_policy_to_json(rec->egress_policy, o);
     if (bad) {
         json_decref(o);
         return -EINVAL;
@@ -254,7 +258,17 @@ static int apply_record(sg_store_table_t **t, sg_slice_t text, char *msg, size_t
         snprintf(msg, msglen, "\"max_incoming_connections\" must be an integer 0..%u", UINT_MAX);
         goto out;
     }
+    sg_egress_policy_t *policy = NULL;
+    const char *pfield = NULL;
+    char pwhy[256];
+    if (sg_egress_policy_from_json(json_object_get(o, "allow_internet_access"),
+                                   json_object_get(o, "network"), &policy, pwhy, sizeof(pwhy),
+                                   &pfield) != 0) {
+        snprintf(msg, msglen, "%s", pwhy);
+        goto out;
+    }
     sg_sandbox_t *rec = sg_sandbox_new(id, &addr, json_string_value(jmask));
+    rec->egress_policy = policy;
     rec->has_token = has_token;
     if (has_token) memcpy(rec->token_sha256, hash, sizeof(hash));
     rec->max_connections = (unsigned)max;

@@ -28,31 +28,35 @@ CFLAGS=(-g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitiz
     -std=gnu11 -D_GNU_SOURCE -I"$ROOT/ingress" -I"$LLHTTP_INC")
 
 # Per-harness sources (relative to ingress/; "llhttp" = the three llhttp
-# files) and libraries. A harness missing here is linked against every
+# files; a glob such as config/*.c follows its module's files) and libraries. A harness missing here is linked against every
 # ingress source and every library (slower to build the first time, never
 # wrong), so a new harness works before it gets its line.
 declare -A SRCS LIBS DICT
 SRCS[proxy_protocol]="net/proxy_protocol.c"
 SRCS[host]="route/host.c core/slice.c"
-SRCS[request_head]="llhttp http/h1.c http/head.c http/rewrite.c http/errpage.c route/host.c
-    route/mask.c core/slice.c core/strbuf.c core/error.c"
+SRCS[request_head]="llhttp http/h1.c http/h1_head.c http/head.c http/rewrite.c http/errpage.c
+    route/host.c route/mask.c core/slice.c core/strbuf.c core/error.c"
 LIBS[request_head]="-ljansson"
 DICT[request_head]=http.dict
-SRCS[response_head]="llhttp http/h1.c http/head.c http/rewrite.c core/slice.c core/strbuf.c"
+SRCS[response_head]="llhttp http/h1.c http/h1_head.c http/head.c http/rewrite.c core/slice.c
+    core/strbuf.c"
 DICT[response_head]=http.dict
-SRCS[config]="config/config.c config/config_cli.c config/config_ops.c config/config_sources.c
-    config/config_tls.c config/config_yaml.c route/mask.c core/slice.c core/strbuf.c core/log.c
+SRCS[config]="config/*.c egress/policy.c route/mask.c core/slice.c core/strbuf.c core/log.c
     core/accesslog.c"
-LIBS[config]="-lyaml"
+LIBS[config]="-lyaml -ljansson"
 DICT[config]=config.dict
 # libuv is faked inside the harness (see its header comment): not linked.
 SRCS[admin_json]="llhttp admin/admin.c admin/sandboxes.c http/h1.c http/head.c route/store.c
-    route/store_wal.c route/sandbox.c route/mask.c core/qsbr.c core/slice.c core/strbuf.c
-    core/log.c core/accesslog.c"
+    route/store_wal.c route/sandbox.c route/mask.c egress/egress.c egress/nft.c egress/policy.c
+    core/qsbr.c core/slice.c core/strbuf.c core/log.c core/accesslog.c"
 LIBS[admin_json]="-ljansson -lcrypto -lpthread"
 DICT[admin_json]=admin_json.dict
-SRCS[dns_txt]="route/dns_txt.c route/sandbox.c route/mask.c core/slice.c core/strbuf.c"
-LIBS[dns_txt]="-lcrypto"
+SRCS[dns_txt]="route/dns_txt.c route/sandbox.c route/mask.c egress/policy.c core/slice.c
+    core/strbuf.c"
+LIBS[dns_txt]="-ljansson -lcrypto"
+SRCS[sni]="egress/sniff.c core/slice.c"
+SRCS[http_host]="llhttp egress/sniff.c core/slice.c"
+DICT[http_host]=http.dict
 ALL_LIBS="-luv -lcares -lyaml -ljansson -lssl -lcrypto -lpthread"
 
 command -v "$CC" >/dev/null || {
@@ -93,14 +97,21 @@ src_path() {
     esac
 }
 expand() { # harness -> list of source specs
-    local spec=${SRCS[$1]:-ALL} s
+    local - spec=${SRCS[$1]:-ALL} s
+    set -f # globs in SRCS are expanded under ingress/ below, not here
     if [[ $spec == ALL ]]; then
         echo llhttp/llhttp.c llhttp/api.c llhttp/http.c
         (cd "$ROOT/ingress" && find . -name '*.c' ! -path ./main.c | sed 's|^\./||' | sort)
         return
     fi
     for s in $spec; do
-        if [[ $s == llhttp ]]; then echo llhttp/llhttp.c llhttp/api.c llhttp/http.c; else echo "$s"; fi
+        if [[ $s == llhttp ]]; then
+            echo llhttp/llhttp.c llhttp/api.c llhttp/http.c
+        elif [[ $s == *'*'* ]]; then
+            (cd "$ROOT/ingress" && compgen -G "$s" | sort)
+        else
+            echo "$s"
+        fi
     done
 }
 

@@ -138,6 +138,28 @@ static char *slurp_repo(const char *rel)
 
 /* ---- defaults -------------------------------------------------------------- */
 
+static void check_egress_defaults(const sg_egress_conf_t *e)
+{
+    assert_int_equal(e->enabled, 0);
+    assert_string_equal(e->listen_http.text, "");
+    assert_string_equal(e->listen_tls.text, "");
+    assert_string_equal(e->listen_other.text, "");
+    assert_string_equal(e->nameserver, "8.8.8.8");
+    /* No resolvers written: the nameserver on port 53. */
+    assert_int_equal(e->n_resolvers, 1);
+    assert_addr(&e->resolvers[0], AF_INET, "8.8.8.8", 53);
+    assert_int_equal(e->n_always_denied_exceptions, 0);
+    assert_null(e->always_denied_exceptions);
+    assert_int_equal(e->n_sandbox_interfaces, 0);
+    assert_null(e->sandbox_interfaces);
+    assert_int_equal(e->sniff_timeout_ms, 5000);
+    assert_int_equal(e->sniff_max_bytes, 16384);
+    assert_int_equal(e->connect_timeout_ms, 5000);
+    assert_int_equal(e->idle_timeout_ms, 300000);
+    assert_int_equal(e->nft_apply, 0);
+    assert_string_equal(e->nft_table, "sandgate");
+}
+
 static void check_defaults(const sg_config_t *c)
 {
     assert_int_equal(c->n_listens, 1);
@@ -186,6 +208,7 @@ static void check_defaults(const sg_config_t *c)
     /* Neither admin nor dns is configured: only the static source is left. */
     assert_int_equal(c->n_lookup_order, 1);
     assert_int_equal(c->lookup_order[0], SG_SOURCE_STATIC);
+    check_egress_defaults(&c->egress);
 }
 
 static void test_defaults_empty_file(void **state)
@@ -219,6 +242,13 @@ static void test_defaults_empty_file(void **state)
     /* Empty lists and explicit nones for the optional settings. */
     c = parse_ok("admin: {listen: [], token: ~, store: }\n"
                  "dns: {zone: null, servers: []}\n");
+    check_defaults(c);
+    sg_config_unref(c);
+    c = parse_ok("egress:\n");
+    check_defaults(c);
+    sg_config_unref(c);
+    c = parse_ok("egress: {listen_http: ~, listen_tls: null, listen_other: , resolvers: [],"
+                 " always_denied_exceptions: [], sandbox_interfaces: []}\n");
     check_defaults(c);
     sg_config_unref(c);
 }
@@ -2025,6 +2055,412 @@ static void test_new_keys_restart(void **state)
     sg_config_unref(a);
 }
 
+/* ---- egress ---------------------------------------------------------------- */
+
+/* The admin API the egress role needs, on loopback so no token is needed. */
+#define EGRESS_ADMIN "admin: {listen: [\"127.0.0.1:9901\"]}\n"
+
+static const char egress_full[] =
+    "listen: [\"0.0.0.0:8080\"]\n" EGRESS_ADMIN "egress:\n"
+    "  listen_http: \"0.0.0.0:15080\"\n"
+    "  listen_tls: \"[::]:15443\"\n"
+    "  listen_other: 10.0.0.1:15000\n"
+    "  nameserver: \"[2001:DB8::53]\"\n"
+    "  resolvers: [203.0.113.53, \"203.0.113.54:5353\","
+    " \"[2001:db8::54]:53\", \"2001:db8::55\"]\n"
+    "  always_denied_exceptions: [10.1.0.0/16, \"FD00::7\", 169.254.169.254,"
+    " \"2001:DB8::/32\"]\n"
+    "  sandbox_interfaces: [\"veth*\", tap0, \"sgt-sbx-*\", Eth_0.1-x]\n"
+    "  sniff_timeout: 250ms\n"
+    "  sniff_max_bytes: 4KiB\n"
+    "  connect_timeout: 2s\n"
+    "  idle_timeout: 1h\n"
+    "  nft_apply: yes\n"
+    "  nft_table: Sand_gate2\n";
+
+static void test_egress_full_section(void **state)
+{
+    sg_config_t *c = parse_ok(egress_full);
+    const sg_egress_conf_t *e = &c->egress;
+    assert_int_equal(e->enabled, 1);
+    assert_string_equal(e->listen_http.text, "0.0.0.0:15080");
+    assert_addr(&e->listen_http.addr, AF_INET, "0.0.0.0", 15080);
+    assert_string_equal(e->listen_tls.text, "[::]:15443");
+    assert_addr(&e->listen_tls.addr, AF_INET6, "::", 15443);
+    assert_addr(&e->listen_other.addr, AF_INET, "10.0.0.1", 15000);
+    assert_int_equal(e->listen_http.tls, 0);
+    assert_int_equal(e->listen_tls.tls, 0);             /* the egress side never terminates TLS */
+    assert_string_equal(e->nameserver, "2001:db8::53"); /* canonical, brackets dropped */
+    assert_int_equal(e->n_resolvers, 4);
+    assert_addr(&e->resolvers[0], AF_INET, "203.0.113.53", 53);
+    assert_addr(&e->resolvers[1], AF_INET, "203.0.113.54", 5353);
+    assert_addr(&e->resolvers[2], AF_INET6, "2001:db8::54", 53);
+    assert_addr(&e->resolvers[3], AF_INET6, "2001:db8::55", 53);
+    /* In the policy's normal form; a bare address stays bare. */
+    assert_int_equal(e->n_always_denied_exceptions, 4);
+    assert_string_equal(e->always_denied_exceptions[0], "10.1.0.0/16");
+    assert_string_equal(e->always_denied_exceptions[1], "fd00::7");
+    assert_string_equal(e->always_denied_exceptions[2], "169.254.169.254");
+    assert_string_equal(e->always_denied_exceptions[3], "2001:db8::/32");
+    /* Kept as written, in order. */
+    assert_int_equal(e->n_sandbox_interfaces, 4);
+    assert_string_equal(e->sandbox_interfaces[0], "veth*");
+    assert_string_equal(e->sandbox_interfaces[1], "tap0");
+    assert_string_equal(e->sandbox_interfaces[2], "sgt-sbx-*");
+    assert_string_equal(e->sandbox_interfaces[3], "Eth_0.1-x");
+    assert_int_equal(e->sniff_timeout_ms, 250);
+    assert_int_equal(e->sniff_max_bytes, 4096);
+    assert_int_equal(e->connect_timeout_ms, 2000);
+    assert_int_equal(e->idle_timeout_ms, 3600000);
+    assert_int_equal(e->nft_apply, 1);
+    assert_string_equal(e->nft_table, "Sand_gate2");
+    sg_config_unref(c);
+
+    /* One listener is enough to enable the role; the default resolver
+     * follows the nameserver. */
+    c = parse_ok(EGRESS_ADMIN "egress: {listen_other: \"127.0.0.1:15000\", nameserver: 1.1.1.1}\n");
+    assert_int_equal(c->egress.enabled, 1);
+    assert_string_equal(c->egress.listen_http.text, "");
+    assert_string_equal(c->egress.listen_tls.text, "");
+    assert_int_equal(c->egress.n_resolvers, 1);
+    assert_addr(&c->egress.resolvers[0], AF_INET, "1.1.1.1", 53);
+    sg_config_unref(c);
+    c = parse_ok("egress: {nameserver: \"::1\"}\n");
+    assert_int_equal(c->egress.enabled, 0);
+    assert_addr(&c->egress.resolvers[0], AF_INET6, "::1", 53);
+    sg_config_unref(c);
+
+    /* The longest names IFNAMSIZ allows (the '*' counts); names are
+     * case-sensitive, so these two differ. */
+    c = parse_ok("egress:\n  sandbox_interfaces: [abcdefghijklmno, \"abcdefghijklmn*\", a,"
+                 " \"Veth*\", \"veth*\"]\n");
+    assert_int_equal(c->egress.n_sandbox_interfaces, 5);
+    assert_string_equal(c->egress.sandbox_interfaces[0], "abcdefghijklmno");
+    assert_string_equal(c->egress.sandbox_interfaces[1], "abcdefghijklmn*");
+    assert_string_equal(c->egress.sandbox_interfaces[2], "a");
+    assert_string_equal(c->egress.sandbox_interfaces[3], "Veth*");
+    sg_config_t *again = parse_ok("egress: {sandbox_interfaces: [abcdefghijklmno,"
+                                  " \"abcdefghijklmn*\", a, \"Veth*\", \"veth*\"]}\n");
+    assert_null(sg_config_restart_key(c, again));
+    sg_config_unref(again);
+    again = parse_ok("egress: {sandbox_interfaces: [\"abcdefghijklmn*\", abcdefghijklmno,"
+                     " a, \"Veth*\", \"veth*\"]}\n");
+    assert_string_equal(sg_config_restart_key(c, again), "egress.sandbox_interfaces");
+    sg_config_unref(again);
+    sg_config_unref(c);
+
+    /* admin.store alone also registers policies (from the log). */
+    c = parse_ok("admin: {store: /var/lib/sg/s.wal}\negress: {listen_tls: \"0.0.0.0:15443\"}\n");
+    assert_int_equal(c->egress.enabled, 1);
+    sg_config_unref(c);
+
+    /* Same port on another address of the proxy or admin side is fine. */
+    c = parse_ok("listen: [\"127.0.0.1:15080\"]\n"
+                 "admin: {listen: [\"127.0.0.2:15443\"]}\n"
+                 "egress: {listen_http: \"10.0.0.1:15080\", listen_tls: \"10.0.0.1:15443\"}\n");
+    assert_int_equal(c->egress.enabled, 1);
+    sg_config_unref(c);
+}
+
+static void test_egress_only_host(void **state)
+{
+    sg_config_t *c =
+        parse_ok("listen: []\n" EGRESS_ADMIN "egress: {listen_http: \"0.0.0.0:15080\"}\n");
+    assert_int_equal(c->n_listens, 0);
+    assert_null(c->listens);
+    assert_int_equal(c->egress.enabled, 1);
+    assert_true(c->n_domains >= 1); /* unused, but the invariant holds */
+    char *text = sg_config_dump(c);
+    assert_non_null(strstr(text, "\nlisten: []\n"));
+    sg_config_t *b = parse_ok(text);
+    assert_int_equal(b->n_listens, 0);
+    assert_null(sg_config_restart_key(c, b));
+    free(text);
+    sg_config_unref(b);
+    sg_config_unref(c);
+
+    c = parse_ok("listen:\n" EGRESS_ADMIN "egress: {listen_other: \"[::1]:15000\"}\n");
+    assert_int_equal(c->n_listens, 0);
+    sg_config_unref(c);
+
+    /* Flags may add a proxy listener to an egress-only file. */
+    char err[1024];
+    char *path = temp_file("listen: []\n" EGRESS_ADMIN "egress: {listen_tls: \"0.0.0.0:15443\"}\n");
+    c = NULL;
+    assert_int_equal(LOAD(&c, err, "--config", path), 0);
+    assert_int_equal(c->n_listens, 0);
+    sg_config_unref(c);
+    assert_int_equal(LOAD(&c, err, "--config", path, "--listen", "127.0.0.1:80"), 0);
+    assert_int_equal(c->n_listens, 1);
+    sg_config_unref(c);
+    drop_file(path);
+}
+
+static void test_egress_errors(void **state)
+{
+    static const struct {
+        const char *yaml;
+        size_t line;
+        const char *needle;
+    } cases[] = {
+        /* the empty proxy listener list needs egress */
+        {"listen: []\n", 1, "listen: needs at least one item"},
+        {"workers: 1\nlisten: []\negress: {nameserver: 1.1.1.1}\n", 2,
+         "listen: needs at least one item (or egress.listen_* for an egress-only host)"},
+        {"workers: 1\nlisten:\negress:\n  listen_http: ~\n", 2, "listen: needs at least one item"},
+        /* addresses */
+        {"egress:\n  listen_http: 15080\n", 2,
+         "egress.listen_http: expected ADDR:PORT, e.g. 127.0.0.1:8080, got '15080'"},
+        {"egress:\n  listen_tls: \"localhost:15443\"\n", 2,
+         "egress.listen_tls: 'localhost' is not an IPv4 address"},
+        {"egress:\n  listen_other: \"::1:15000\"\n", 2,
+         "egress.listen_other: IPv6 addresses need brackets"},
+        {"egress:\n  listen_other: \"0.0.0.0:0\"\n", 2, "port in '0.0.0.0:0' must be 1..65535"},
+        {"egress:\n  listen_http: \"\"\n", 2, "egress.listen_http: expected ADDR:PORT"},
+        {"egress:\n  listen_http: [\"0.0.0.0:15080\"]\n", 2,
+         "egress.listen_http: expected a single value, got a list"},
+        {"egress:\n  nameserver: dns.google\n", 2,
+         "egress.nameserver: 'dns.google' is not an IPv4 or IPv6 address"},
+        {"egress:\n  nameserver: \"8.8.8.8:53\"\n", 2,
+         "egress.nameserver: '8.8.8.8:53': expected an address without port"},
+        {"egress:\n  nameserver: \"[::]\"\n", 2,
+         "egress.nameserver: '[::]' is the unspecified address"},
+        {"egress:\n  nameserver: ~\n", 2, "egress.nameserver: missing value"},
+        {"egress:\n  resolvers: 1.1.1.1\n", 2, "egress.resolvers: expected a list"},
+        {"egress:\n  resolvers: [1.1.1.1, ns.example]\n", 2,
+         "egress.resolvers: 'ns.example' is not an IPv4 or IPv6 address"},
+        {"egress:\n  resolvers:\n    - 1.1.1.1\n    - \"1.1.1.1:53\"\n", 4,
+         "egress.resolvers: duplicate server '1.1.1.1:53'"},
+        {"egress:\n  resolvers: [\"1.1.1.1:99999\"]\n", 2, "must be 1..65535"},
+        /* exceptions */
+        {"egress:\n  always_denied_exceptions:\n    - 10.0.0.0/8\n    - 10.0.0.1/8\n", 4,
+         "egress.always_denied_exceptions: '10.0.0.1/8' has bits set after the prefix"},
+        {"egress:\n  always_denied_exceptions: [\"example.com\"]\n", 2,
+         "egress.always_denied_exceptions: 'example.com' is not an IPv4 or IPv6 address or CIDR"},
+        {"egress:\n  always_denied_exceptions: [\"10.0.0.0/33\"]\n", 2,
+         "egress.always_denied_exceptions: '10.0.0.0/33': the prefix must be 0..32 for IPv4"},
+        {"egress:\n  always_denied_exceptions: [\"fd00::/129\"]\n", 2, "0..128 for IPv6"},
+        {"egress:\n  always_denied_exceptions: [\"\"]\n", 2,
+         "egress.always_denied_exceptions: value is empty"},
+        {"egress:\n  always_denied_exceptions: [\"FD00::7\", \"fd00:0::7\"]\n", 2,
+         "egress.always_denied_exceptions: duplicate entry 'fd00:0::7'"},
+        {"egress:\n  always_denied_exceptions: [[a]]\n", 2,
+         "egress.always_denied_exceptions: expected a single value, got a list"},
+        {"egress:\n  always_denied_exceptions:\n    - 169.254.169.254\n    - 169.254.169.254\n", 4,
+         "egress.always_denied_exceptions: duplicate entry '169.254.169.254'"},
+        {"egress:\n  always_denied_exceptions: 10.0.0.0/8\n", 2,
+         "egress.always_denied_exceptions: expected a list"},
+        /* sandbox interfaces */
+        {"egress:\n  sandbox_interfaces: [\"*\"]\n", 2,
+         "egress.sandbox_interfaces: '*' alone would match every interface, the uplink too"},
+        {"egress:\n  sandbox_interfaces:\n    - veth*\n    - \"ve*th\"\n", 4,
+         "egress.sandbox_interfaces: 've*th' is not an interface name pattern (1..15 of A-Z, "
+         "a-z, 0-9, _, . and -, optionally ending in * as in veth*)"},
+        {"egress:\n  sandbox_interfaces: [\"veth**\"]\n", 2,
+         "'veth**' is not an interface name pattern"},
+        {"egress:\n  sandbox_interfaces: [abcdefghijklmnop]\n", 2,
+         "egress.sandbox_interfaces: 'abcdefghijklmnop' is not an interface name pattern"},
+        {"egress:\n  sandbox_interfaces: [\"abcdefghijklmno*\"]\n", 2,
+         "'abcdefghijklmno*' is not an interface name pattern"},
+        {"egress:\n  sandbox_interfaces: [\"eth0/1\"]\n", 2,
+         "'eth0/1' is not an interface name pattern"},
+        {"egress:\n  sandbox_interfaces: [\"tap 0\"]\n", 2, "'tap 0' is not an interface name"},
+        {"egress:\n  sandbox_interfaces: [\"tap\\\"0\"]\n", 2, "'tap\"0' is not an interface name"},
+        {"egress:\n  sandbox_interfaces: [\"\"]\n", 2, "egress.sandbox_interfaces: value is empty"},
+        {"egress:\n  sandbox_interfaces:\n    - \"veth*\"\n    - tap*\n    - veth*\n", 5,
+         "egress.sandbox_interfaces: duplicate entry 'veth*'"},
+        {"egress:\n  sandbox_interfaces: veth*\n", 2, "egress.sandbox_interfaces: expected a list"},
+        {"egress:\n  sandbox_interfaces: [[veth*]]\n", 2,
+         "egress.sandbox_interfaces: expected a single value, got a list"},
+        /* ranges */
+        {"egress:\n  sniff_timeout: 99ms\n", 2,
+         "egress.sniff_timeout: '99ms' is out of range 100ms..1m"},
+        {"egress:\n  sniff_timeout: 61s\n", 2, "out of range 100ms..1m"},
+        {"egress:\n  sniff_max_bytes: 1023\n", 2,
+         "egress.sniff_max_bytes: '1023' is out of range 1KiB..64KiB"},
+        {"egress:\n  sniff_max_bytes: 65537\n", 2, "out of range 1KiB..64KiB"},
+        {"egress:\n  connect_timeout: 0\n", 2, "egress.connect_timeout: '0' is out of range"},
+        {"egress:\n  idle_timeout: 25h\n", 2, "egress.idle_timeout: '25h' is out of range"},
+        {"egress:\n  nft_apply: maybe\n", 2, "egress.nft_apply: expected true or false"},
+        /* table name */
+        {"egress:\n  nft_table: \"sand-gate\"\n", 2,
+         "egress.nft_table: 'sand-gate' is not a table name"},
+        {"egress:\n  nft_table: 1table\n", 2, "egress.nft_table: '1table' is not a table name"},
+        {"egress:\n  nft_table: abcdefghijklmnopqrstuvwxyz0123456\n", 2,
+         "'abcdefghijklmnopqrstuvwxyz0123456' is not a table name"},
+        {"egress:\n  nft_table: \"\"\n", 2, "egress.nft_table: value is empty"},
+        {"egress:\n  nft_table:\n", 2, "egress.nft_table: missing value"},
+        {"egress:\n  nft_table: \"a b\"\n", 2, "is not a table name"},
+        /* the section itself */
+        {"egress: [a]\n", 1, "egress: expected a mapping, got a list"},
+        {"egress:\n  listen: \"0.0.0.0:15080\"\n", 2, "unknown key 'egress.listen'"},
+        {"egress:\n  nft_apply: true\n  nft_apply: false\n", 3,
+         "egress: duplicate key 'nft_apply' (first at line 2)"},
+        /* whole-snapshot checks, blamed on the egress line */
+        {"egress:\n  listen_http: \"0.0.0.0:15080\"\n", 2,
+         "egress needs admin.listen (or admin.store): sandbox policies are registered through "
+         "the admin API"},
+        {"egress:\n  listen_tls: ~\n  listen_other: \"0.0.0.0:15000\"\n", 3,
+         "egress needs admin.listen"},
+        {EGRESS_ADMIN "egress:\n  listen_http: \"0.0.0.0:15080\"\n"
+                      "  listen_tls: \"127.0.0.1:15080\"\n",
+         4, "egress.listen_tls 127.0.0.1:15080 uses the port of egress.listen_http 0.0.0.0:15080"},
+        {EGRESS_ADMIN "egress:\n  listen_http: \"10.0.0.1:15000\"\n"
+                      "  listen_other: \"10.0.0.2:15000\"\n",
+         4, "egress.listen_other 10.0.0.2:15000 uses the port of egress.listen_http"},
+        {"listen: [\"127.0.0.1:8080\"]\n" EGRESS_ADMIN "egress:\n  listen_http: \"0.0.0.0:8080\"\n",
+         4, "egress.listen_http 0.0.0.0:8080 clashes with listen address 127.0.0.1:8080"},
+        {"listen: [\"[::]:8080\"]\n" EGRESS_ADMIN "egress:\n  listen_other: \"10.0.0.1:8080\"\n", 4,
+         "egress.listen_other 10.0.0.1:8080 clashes with listen address [::]:8080"},
+        {"listen: [\"127.0.0.1:8080\"]\n" EGRESS_ADMIN
+         "egress:\n  listen_tls: \"127.0.0.1:8080\"\n",
+         4, "egress.listen_tls 127.0.0.1:8080 clashes with listen address 127.0.0.1:8080"},
+        {EGRESS_ADMIN "egress:\n  listen_tls: \"0.0.0.0:9901\"\n", 3,
+         "egress.listen_tls 0.0.0.0:9901 clashes with admin.listen address 127.0.0.1:9901"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        parse_err(cases[i].yaml, cases[i].line, cases[i].needle);
+
+    /* Every problem at once, each on its own line. */
+    char err[2048];
+    sg_config_t *c = (sg_config_t *)1;
+    const char *yaml = "listen: [\"0.0.0.0:15080\"]\n"
+                       "egress:\n"
+                       "  listen_http: \"0.0.0.0:15080\"\n" /* 3 */
+                       "  listen_tls: \"[::]:15080\"\n";    /* 4 */
+    assert_int_equal(sg_config_parse_text(yaml, strlen(yaml), "t.yaml", &c, err, sizeof(err)), -1);
+    assert_null(c);
+    const char *want[] = {
+        "t.yaml:3: egress.listen_http 0.0.0.0:15080 clashes with listen address 0.0.0.0:15080",
+        "t.yaml:4: egress.listen_tls [::]:15080 uses the port of egress.listen_http",
+        "t.yaml:4: egress.listen_tls [::]:15080 clashes with listen address 0.0.0.0:15080",
+        "t.yaml:3: egress needs admin.listen",
+    };
+    assert_error_lines(err, want, sizeof(want) / sizeof(want[0]));
+}
+
+static void test_egress_dump_round_trip(void **state)
+{
+    sg_config_t *a = parse_ok(egress_full);
+    char *text = sg_config_dump(a);
+    assert_non_null(strstr(text, "\negress:\n"
+                                 "  listen_http: \"0.0.0.0:15080\"\n"
+                                 "  listen_tls: \"[::]:15443\"\n"
+                                 "  listen_other: \"10.0.0.1:15000\"\n"
+                                 "  nameserver: \"2001:db8::53\"\n"
+                                 "  resolvers:\n"
+                                 "    - \"203.0.113.53:53\"\n"
+                                 "    - \"203.0.113.54:5353\"\n"
+                                 "    - \"[2001:db8::54]:53\"\n"
+                                 "    - \"[2001:db8::55]:53\"\n"
+                                 "  always_denied_exceptions:\n"
+                                 "    - \"10.1.0.0/16\"\n"
+                                 "    - \"fd00::7\"\n"
+                                 "    - \"169.254.169.254\"\n"
+                                 "    - \"2001:db8::/32\"\n"
+                                 "  sandbox_interfaces:\n"
+                                 "    - \"veth*\"\n"
+                                 "    - \"tap0\"\n"
+                                 "    - \"sgt-sbx-*\"\n"
+                                 "    - \"Eth_0.1-x\"\n"
+                                 "  sniff_timeout: 250ms\n"
+                                 "  sniff_max_bytes: 4KiB\n"
+                                 "  connect_timeout: 2s\n"
+                                 "  idle_timeout: 1h\n"
+                                 "  nft_apply: true\n"
+                                 "  nft_table: \"Sand_gate2\"\n"));
+    sg_config_t *b = parse_ok(text);
+    char *again = sg_config_dump(b);
+    assert_string_equal(strchr(text, '\n'), strchr(again, '\n'));
+    assert_null(sg_config_restart_key(a, b));
+    assert_int_equal(b->egress.enabled, 1);
+    assert_int_equal(b->egress.n_resolvers, 4);
+    assert_int_equal(b->egress.n_always_denied_exceptions, 4);
+    assert_int_equal(b->egress.n_sandbox_interfaces, 4);
+    assert_string_equal(b->egress.sandbox_interfaces[2], "sgt-sbx-*");
+    assert_string_equal(b->egress.nft_table, "Sand_gate2");
+    free(text);
+    free(again);
+    sg_config_unref(b);
+    sg_config_unref(a);
+
+    /* Defaults: listeners dump as ~, the resolved resolver explicitly. */
+    a = parse_ok("");
+    text = sg_config_dump(a);
+    assert_non_null(strstr(text, "\negress:\n"
+                                 "  listen_http: ~\n"
+                                 "  listen_tls: ~\n"
+                                 "  listen_other: ~\n"
+                                 "  nameserver: \"8.8.8.8\"\n"
+                                 "  resolvers:\n"
+                                 "    - \"8.8.8.8:53\"\n"
+                                 "  always_denied_exceptions: []\n"
+                                 "  sandbox_interfaces: []\n"
+                                 "  sniff_timeout: 5s\n"
+                                 "  sniff_max_bytes: 16KiB\n"
+                                 "  connect_timeout: 5s\n"
+                                 "  idle_timeout: 5m\n"
+                                 "  nft_apply: false\n"
+                                 "  nft_table: \"sandgate\"\n"));
+    b = parse_ok(text);
+    check_defaults(b);
+    assert_null(sg_config_restart_key(a, b));
+    free(text);
+    sg_config_unref(b);
+    sg_config_unref(a);
+}
+
+static void test_egress_restart(void **state)
+{
+    const char *base = "listen: [\"127.0.0.1:8080\"]\n" EGRESS_ADMIN
+                       "egress: {listen_http: \"0.0.0.0:15080\", nft_table: t1}\n";
+    sg_config_t *a = parse_ok(base), *b;
+    /* Reloadable: timeouts, sizes and the exceptions. */
+    b = parse_ok("listen: [\"127.0.0.1:8080\"]\n" EGRESS_ADMIN
+                 "egress: {listen_http: \"0.0.0.0:15080\", nft_table: t1, sniff_timeout: 1s,"
+                 " sniff_max_bytes: 2KiB, connect_timeout: 1s, idle_timeout: 10s,"
+                 " always_denied_exceptions: [100.64.0.0/10]}\n");
+    assert_null(sg_config_restart_key(a, b));
+    sg_config_unref(b);
+    /* The default resolver is the same list written out. */
+    b = parse_ok("listen: [\"127.0.0.1:8080\"]\n" EGRESS_ADMIN
+                 "egress: {listen_http: \"0.0.0.0:15080\", nft_table: t1,"
+                 " resolvers: [\"8.8.8.8:53\"], nameserver: \"8.8.8.8\"}\n");
+    assert_null(sg_config_restart_key(a, b));
+    sg_config_unref(b);
+    static const struct {
+        const char *egress;
+        const char *key;
+    } cases[] = {
+        {"{listen_http: \"0.0.0.0:15081\", nft_table: t1}", "egress.listen_http"},
+        {"{listen_http: \"127.0.0.1:15080\", nft_table: t1}", "egress.listen_http"},
+        {"{listen_other: \"0.0.0.0:15080\", nft_table: t1}", "egress.listen_http"},
+        {"{listen_http: \"0.0.0.0:15080\", listen_tls: \"0.0.0.0:15443\", nft_table: t1}",
+         "egress.listen_tls"},
+        {"{listen_http: \"0.0.0.0:15080\", listen_other: \"0.0.0.0:15000\", nft_table: t1}",
+         "egress.listen_other"},
+        {"{listen_http: \"0.0.0.0:15080\", nft_table: t1, nameserver: 1.1.1.1}",
+         "egress.nameserver"},
+        {"{listen_http: \"0.0.0.0:15080\", nft_table: t1, resolvers: [1.1.1.1]}",
+         "egress.resolvers"},
+        {"{listen_http: \"0.0.0.0:15080\", nft_table: t1, sandbox_interfaces: [\"veth*\"]}",
+         "egress.sandbox_interfaces"},
+        {"{listen_http: \"0.0.0.0:15080\", nft_table: t1, nft_apply: true}", "egress.nft_apply"},
+        {"{listen_http: \"0.0.0.0:15080\", nft_table: t2}", "egress.nft_table"},
+    };
+    char yaml[1024];
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        snprintf(yaml, sizeof(yaml), "listen: [\"127.0.0.1:8080\"]\n" EGRESS_ADMIN "egress: %s\n",
+                 cases[i].egress);
+        b = parse_ok(yaml);
+        const char *key = sg_config_restart_key(a, b);
+        if (!key || strcmp(key, cases[i].key) != 0)
+            fail_msg("case %zu: wanted %s, got %s", i, cases[i].key, key ? key : "(null)");
+        sg_config_unref(b);
+    }
+    sg_config_unref(a);
+}
+
 /* ---- shipped files stay in sync with the table ----------------------------- */
 
 static void test_example_file_and_keys_doc(void **state)
@@ -2096,6 +2532,11 @@ int main(void)
         cmocka_unit_test(test_cli_new_flags),
         cmocka_unit_test(test_new_keys_dump_and_reload),
         cmocka_unit_test(test_new_keys_restart),
+        cmocka_unit_test(test_egress_full_section),
+        cmocka_unit_test(test_egress_only_host),
+        cmocka_unit_test(test_egress_errors),
+        cmocka_unit_test(test_egress_dump_round_trip),
+        cmocka_unit_test(test_egress_restart),
         cmocka_unit_test(test_example_file_and_keys_doc),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
