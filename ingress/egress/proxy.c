@@ -264,9 +264,8 @@ static int is_host_address(sg_egress_worker_t *ew, const struct sockaddr_storage
     for (size_t i = 0; i < ew->n_local; i++) {
         const struct sockaddr_storage *l = &ew->local[i];
         if (l->ss_family != addr->ss_family) continue;
-        if (l->ss_family == AF_INET &&
-            ((const struct sockaddr_in *)l)->sin_addr.s_addr ==
-                ((const struct sockaddr_in *)addr)->sin_addr.s_addr)
+        if (l->ss_family == AF_INET && ((const struct sockaddr_in *)l)->sin_addr.s_addr ==
+                                           ((const struct sockaddr_in *)addr)->sin_addr.s_addr)
             return 1;
         if (l->ss_family == AF_INET6 &&
             memcmp(&((const struct sockaddr_in6 *)l)->sin6_addr,

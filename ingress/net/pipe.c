@@ -6,8 +6,8 @@
  * completes, whatever happened to the pipe in between. */
 typedef struct {
     sg_stream_write_t w;
-    sg_buf_t *buf; /* a pooled read buffer, or NULL */
-    char *heap;    /* or malloc'd bytes given to sg_pipe_send */
+    sg_buf_t *buf;   /* a pooled read buffer, or NULL */
+    char *heap;      /* or malloc'd bytes given to sg_pipe_send */
     sg_pipe_t *pipe; /* valid until the owner frees it, after both close callbacks */
     unsigned dir;
 } pipe_write_t;
@@ -113,8 +113,8 @@ static void on_read(sg_stream_t *s, ssize_t nread, sg_buf_t *buf)
     forward(p, dir, buf, NULL, buf->data, (size_t)nread);
 }
 
-int sg_pipe_start(sg_pipe_t *p, uv_loop_t *loop, sg_stream_t *a, sg_stream_t *b,
-                  size_t high_water, sg_pipe_done_cb done, void *data)
+int sg_pipe_start(sg_pipe_t *p, uv_loop_t *loop, sg_stream_t *a, sg_stream_t *b, size_t high_water,
+                  sg_pipe_done_cb done, void *data)
 {
     *p = (sg_pipe_t){.loop = loop, .high_water = high_water, .done = done, .data = data};
     p->dir[0].from = a;

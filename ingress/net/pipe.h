@@ -46,8 +46,8 @@ struct sg_pipe_s {
 
 /* Starts both directions. a and b are connected and not reading. Returns 0
  * or a libuv error from starting to read (then nothing was started). */
-int sg_pipe_start(sg_pipe_t *p, uv_loop_t *loop, sg_stream_t *a, sg_stream_t *b,
-                  size_t high_water, sg_pipe_done_cb done, void *data);
+int sg_pipe_start(sg_pipe_t *p, uv_loop_t *loop, sg_stream_t *a, sg_stream_t *b, size_t high_water,
+                  sg_pipe_done_cb done, void *data);
 
 /* Queues len malloc'd bytes (ownership passes to the pipe) in direction
  * dir (0: to b, 1: to a) ahead of anything read later: bytes the owner read
