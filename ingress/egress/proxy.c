@@ -38,7 +38,7 @@ struct sg_egress_conn_s {
     struct sockaddr_storage src, dst;
     sg_sandbox_t *sb; /* one reference, or NULL (unknown source) */
     char *sniff;      /* bytes read while deciding; passed to the pipe */
-    size_t sniff_len;
+    size_t sniff_len, sniff_cap;
     char name[256]; /* Host / SNI ("" when none) */
     sg_resolver_req_t *resolving;
     sg_egress_verdict_t verdict; /* the allow verdict a dial carries out */
@@ -359,18 +359,21 @@ static void on_client_read(sg_stream_t *s, ssize_t nread, sg_buf_t *buf)
         conn_close(c);
         return;
     }
-    if (!c->sniff) {
-        c->sniff = malloc(c->sniff_max);
-        if (!c->sniff) abort();
+    /* Everything read is kept (the destination gets it all), but only the
+     * first sniff_max bytes are judged: a head and its body may arrive in
+     * one read. Reading stops at the decision, so this is at most one read
+     * past the cap. */
+    size_t need = c->sniff_len + (size_t)nread;
+    if (need > c->sniff_cap) {
+        size_t cap = c->sniff_cap ? c->sniff_cap * 2 : 4096;
+        while (cap < need) cap *= 2;
+        char *grown = realloc(c->sniff, cap);
+        if (!grown) abort();
+        c->sniff = grown;
+        c->sniff_cap = cap;
     }
-    size_t take = (size_t)nread;
-    if (take > c->sniff_max - c->sniff_len) take = c->sniff_max - c->sniff_len;
-    memcpy(c->sniff + c->sniff_len, buf->data, take);
-    c->sniff_len += take;
-    if (take < (size_t)nread) {
-        block(c, SG_EGRESS_REASON_SNIFF_FAILED, NULL);
-        return;
-    }
+    memcpy(c->sniff + c->sniff_len, buf->data, (size_t)nread);
+    c->sniff_len = need;
     sg_slice_t name = sg_slice(NULL, 0);
     sg_sniff_result_t r = c->proto == SG_EGRESS_TLS
                               ? sg_sniff_tls_sni(c->sniff, c->sniff_len, c->sniff_max, &name)

@@ -407,6 +407,21 @@ def test_sniff_failures_are_denied(gate, register, peers, sbx):
     assert delta == {("http", "deny", "sniff_failed"): 2, ("tls", "deny", "sniff_failed"): 1}, delta
 
 
+def test_head_and_body_in_one_read_past_the_cap_are_forwarded(gate, register, peers, sbx):
+    """sniff_max_bytes caps what is judged, not what is forwarded: a small
+    head followed at once by a body bigger than the cap (one write, so
+    sandgate reads both together) is allowed on its Host and arrives whole."""
+    register({"allow_internet_access": False, "network": {"allow_out": ["allowed.test"]}})
+    body = bytes(range(256)) * 160  # 40 KiB > 16 KiB cap
+    head = (b"POST /upload HTTP/1.1\r\nHost: allowed.test\r\nContent-Length: %d\r\n"
+            b"Connection: close\r\n\r\n" % len(body))
+    m = peers.mark()
+    out = sbx.tcp("%s:80" % S12, send=head + body, timeout=8)
+    assert out["received"].startswith(b"HTTP/1.1 200"), out
+    conns = peers.wait_closed("http", m, "%s:80" % S10)
+    assert len(conns) == 1 and conns[0].data == head + body, (len(conns), len(conns[0].data))
+
+
 def test_network_settings_fixed_at_creation(gate, register):
     doc = {"allow_internet_access": False,
            "network": {"allow_out": ["ALLOWED.test.", "203.0.113.10"], "deny_out": ["203.0.113.0/24"]}}
