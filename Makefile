@@ -88,10 +88,10 @@ bench: build
 	@./tests/load/bench.sh
 
 format:
-	@clang-format -i $$(git ls-files 'ingress/*.[ch]' 'tests/*.[ch]')
+	@clang-format -i $$(git ls-files --cached --others --exclude-standard 'ingress/*.[ch]' 'tests/*.[ch]')
 
 format-check:
-	@clang-format --dry-run -Werror $$(git ls-files 'ingress/*.[ch]' 'tests/*.[ch]')
+	@clang-format --dry-run -Werror $$(git ls-files --cached --others --exclude-standard 'ingress/*.[ch]' 'tests/*.[ch]')
 
 clean:
 	rm -rf $(BUILD) $(BUILD_ASAN)
