@@ -249,15 +249,20 @@ size_t sg_h1_head_length(const char *buf, size_t len)
 
 const char *sg_h1_check_head_bytes(const char *head, size_t len)
 {
-    for (size_t i = 0; i < len; i++) {
-        char c = head[i];
-        if (c == '\0') return "NUL byte in request head";
-        if (c == '\r' && (i + 1 >= len || head[i + 1] != '\n')) return "bare CR in request head";
-        if (c == '\n') {
-            if (i == 0 || head[i - 1] != '\r') return "bare LF in request head";
-            if (i + 1 < len && (head[i + 1] == ' ' || head[i + 1] == '\t'))
-                return "obsolete line folding";
-        }
+    /* Line by line with memchr (vectorised in libc) rather than byte by
+     * byte: a well-formed head has a CR only before each LF. Within a line,
+     * the first NUL or LF is the error, whichever comes first. */
+    const char *p = head, *end = head + len;
+    while (p < end) {
+        const char *cr = memchr(p, '\r', (size_t)(end - p));
+        size_t n = (size_t)((cr ? cr : end) - p);
+        const char *nul = memchr(p, '\0', n), *lf = memchr(p, '\n', n);
+        if (nul && (!lf || nul < lf)) return "NUL byte in request head";
+        if (lf) return "bare LF in request head";
+        if (!cr) break;
+        if (cr + 1 >= end || cr[1] != '\n') return "bare CR in request head";
+        if (cr + 2 < end && (cr[2] == ' ' || cr[2] == '\t')) return "obsolete line folding";
+        p = cr + 2;
     }
     return NULL;
 }

@@ -37,16 +37,27 @@ static int listed_in_connection(const sg_header_t *hs, size_t n, sg_slice_t name
  * by the peer, so they may never remove framing or routing: the body is
  * streamed untouched, and dropping Content-Length / Transfer-Encoding would
  * let the next hop frame it differently (request smuggling). */
-static int is_hop_by_hop(const sg_header_t *hs, size_t n, sg_slice_t name, int keep_upgrade)
+static int is_hop_by_hop(const sg_header_t *hs, size_t n, sg_slice_t name, int keep_upgrade,
+                         int has_connection)
 {
     if (name_is(name, h_upgrade)) return !keep_upgrade;
     if (name_is(name, h_connection) || name_is(name, h_keep_alive) ||
         name_is(name, h_proxy_connection) || name_is(name, h_te))
         return 1;
+    if (!has_connection) return 0; /* the common case: nothing else can be listed */
     if (name_is(name, h_host) || name_is(name, h_content_length) ||
         name_is(name, h_transfer_encoding))
         return 0;
     return listed_in_connection(hs, n, name);
+}
+
+/* Whether any Connection header exists, so the per-header check of its
+ * tokens (quadratic in the header count) only runs when it can matter. */
+static int any_connection(const sg_header_t *hs, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (name_is(hs[i].name, h_connection)) return 1;
+    return 0;
 }
 
 /* All client X-Forwarded-For values in order, then the client's own address,
@@ -84,10 +95,12 @@ void sg_http_rewrite_request(const sg_http_request_t *req, const sg_rewrite_requ
     sg_strbuf_appendf(out, " HTTP/1.%d\r\n", req->minor_version);
 
     const int replace_host = p->host.base != NULL;
+    const int has_connection = any_connection(req->headers, req->n_headers);
     int host_done = 0, xff_done = 0;
     for (size_t i = 0; i < req->n_headers; i++) {
         const sg_header_t *h = &req->headers[i];
-        if (is_hop_by_hop(req->headers, req->n_headers, h->name, p->upgrade)) continue;
+        if (is_hop_by_hop(req->headers, req->n_headers, h->name, p->upgrade, has_connection))
+            continue;
         if (name_is(h->name, h_xfh) || name_is(h->name, h_xfp)) continue;
         if (p->strip_header.len && name_is(h->name, p->strip_header)) continue;
         if (replace_host && name_is(h->name, h_host)) {
@@ -120,9 +133,11 @@ void sg_http_rewrite_response(const sg_http_response_t *res, int client_keep_ali
     sg_strbuf_append(out, "\r\n", 2);
 
     const int upgraded = res->status == 101;
+    const int has_connection = any_connection(res->headers, res->n_headers);
     for (size_t i = 0; i < res->n_headers; i++) {
         const sg_header_t *h = &res->headers[i];
-        if (is_hop_by_hop(res->headers, res->n_headers, h->name, upgraded)) continue;
+        if (is_hop_by_hop(res->headers, res->n_headers, h->name, upgraded, has_connection))
+            continue;
         emit(out, h->name, h->value);
     }
 
