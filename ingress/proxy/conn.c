@@ -101,54 +101,6 @@ int sg_conn_is_idle(const sg_conn_t *c)
            !c->inbuf.len && !c->client_writes;
 }
 
-static void timer_cb(uv_timer_t *t)
-{
-    sg_conn_t *c = t->data;
-    uint64_t now = uv_now(&c->w->loop);
-    const sg_timeouts_conf_t *to = &c->w->config->timeouts;
-    switch (c->timer_kind) {
-    case SG_TIMER_IDLE:
-    case SG_TIMER_FLUSH:
-        if (now - c->last_activity < to->stream_idle_ms) {
-            uv_timer_start(&c->timer, timer_cb, to->stream_idle_ms - (now - c->last_activity), 0);
-            return;
-        }
-        sg_log_debug("conn %s: stream idle timeout", c->client_addr);
-        sg_conn_close(c);
-        return;
-    case SG_TIMER_HEAD:
-        if (c->client.preamble) {
-            /* The PROXY header never completed: not an HTTP peer yet. */
-            sg_conn_close(c);
-            return;
-        }
-        sg_conn_send_error(c, SG_ERR_REQUEST_TIMEOUT, NULL, 0);
-        return;
-    case SG_TIMER_RESPONSE:
-        sg_conn_send_error(c, SG_ERR_UPSTREAM_HEAD_TIMEOUT, NULL, 0);
-        return;
-    case SG_TIMER_HANDSHAKE:
-        sg_log_debug("conn %s: TLS handshake timeout", c->client_addr);
-        sg_conn_close(c);
-        return;
-    case SG_TIMER_KEEPALIVE:
-    case SG_TIMER_LINGER:
-    case SG_TIMER_NONE:
-        sg_conn_close(c);
-        return;
-    }
-}
-
-void sg_conn_arm_timer(sg_conn_t *c, sg_timer_kind_t kind, uint64_t ms)
-{
-    c->timer_kind = kind;
-    c->last_activity = uv_now(&c->w->loop);
-    if (kind == SG_TIMER_NONE)
-        uv_timer_stop(&c->timer);
-    else
-        uv_timer_start(&c->timer, timer_cb, ms, 0);
-}
-
 /* Reading the client is wanted unless backpressure, a full inbuf or the
  * connection's phase says otherwise. */
 void sg_conn_update_reading(sg_conn_t *c)

@@ -57,6 +57,8 @@ struct sg_conn_s {
     sg_conn_state_t state;
     sg_timer_kind_t timer_kind;
     uint64_t last_activity;
+    uint64_t deadline;  /* loop time the current phase times out (not IDLE/FLUSH) */
+    uint64_t timer_due; /* loop time the uv timer is armed for, 0 = not armed */
     char client_addr[48];
 
     /* request */
@@ -130,6 +132,11 @@ int sg_conn_is_idle(const sg_conn_t *c);
 /* Drops one reference; frees the connection at zero. */
 void sg_conn_unref(sg_conn_t *c);
 void sg_conn_send_error(sg_conn_t *c, sg_err_t err, const char *detail, int port);
+/* Enters timer phase `kind`, timing out ms from now (proxy/timer.c). The
+ * uv timer is only restarted when this deadline is earlier than the one it
+ * is armed for; an early firing re-arms itself, so the timeout callback
+ * runs only once the current phase's deadline has really passed. NONE
+ * disarms logically (a pending firing then does nothing). */
 void sg_conn_arm_timer(sg_conn_t *c, sg_timer_kind_t kind, uint64_t ms);
 void sg_conn_update_reading(sg_conn_t *c);
 void sg_conn_request_finished(sg_conn_t *c);
