@@ -88,6 +88,15 @@ void sg_stream__preamble_free(sg_stream_t *s);
 extern const sg_stream_ops_t sg_stream_tcp_ops;
 int sg_stream_tcp_init(sg_stream_t *s, uv_loop_t *loop, sg_buf_pool_t *pool);
 
+/* Optional, once per loop, on the thread that runs it, before its first
+ * stream (the queue is thread-local): lets writes that
+ * the socket takes at once complete without a write request (their
+ * callbacks still run later, from this loop's check phase). Without it every
+ * write goes through uv_write. sg_stream_tcp_loop_close, after every stream
+ * of the loop is closed, releases it (memory goes in close callbacks). */
+int sg_stream_tcp_loop_init(uv_loop_t *loop);
+void sg_stream_tcp_loop_close(uv_loop_t *loop);
+
 static inline int sg_stream_read_start(sg_stream_t *s, sg_stream_read_cb cb)
 {
     return s->ops->read_start(s, cb);

@@ -115,6 +115,82 @@ static void tcp_write_cb(uv_write_t *req, int status)
     w->cb(w, status);
 }
 
+/* Writes that uv_try_write finished inside write() wait here for their
+ * callbacks, which the contract says never run inside write(). One queue
+ * per loop thread (sg_stream_tcp_loop_init). Why not always uv_write: each
+ * completed uv_write makes libuv re-register the socket with epoll
+ * (EPOLL_CTL_MOD, even with unchanged events), two system calls per proxied
+ * request; a direct write that takes every byte needs none. */
+typedef struct {
+    uv_check_t check; /* runs the callbacks after this turn's I/O */
+    uv_idle_t idle;   /* active while callbacks wait: the next poll does not block */
+    uv_loop_t *loop;
+    sg_stream_write_t *head, *tail; /* linked through w->impl */
+    int handles_open;
+} done_queue_t;
+
+static _Thread_local done_queue_t *tls_done;
+
+static void done_check_cb(uv_check_t *h)
+{
+    done_queue_t *q = h->data;
+    /* Callbacks may write again: those join the list and run in this pass. */
+    while (q->head) {
+        sg_stream_write_t *w = q->head;
+        q->head = w->impl;
+        if (!q->head) q->tail = NULL;
+        w->impl = NULL;
+        w->stream->write_queue_bytes -= w->bytes;
+        w->cb(w, 0);
+    }
+    uv_idle_stop(&q->idle);
+}
+
+static void done_idle_cb(uv_idle_t *h) {}
+
+static void defer_done(done_queue_t *q, sg_stream_write_t *w)
+{
+    w->impl = NULL;
+    if (q->tail)
+        q->tail->impl = w;
+    else
+        q->head = w;
+    q->tail = w;
+    uv_idle_start(&q->idle, done_idle_cb);
+}
+
+int sg_stream_tcp_loop_init(uv_loop_t *loop)
+{
+    done_queue_t *q = calloc(1, sizeof(*q));
+    if (!q) return UV_ENOMEM;
+    q->loop = loop;
+    uv_check_init(loop, &q->check);
+    uv_idle_init(loop, &q->idle);
+    q->check.data = q->idle.data = q;
+    q->handles_open = 2;
+    uv_check_start(&q->check, done_check_cb);
+    uv_unref((uv_handle_t *)&q->check);
+    tls_done = q;
+    return 0;
+}
+
+static void done_closed_cb(uv_handle_t *h)
+{
+    done_queue_t *q = h->data;
+    if (--q->handles_open == 0) free(q);
+}
+
+void sg_stream_tcp_loop_close(uv_loop_t *loop)
+{
+    done_queue_t *q = tls_done;
+    if (!q || q->loop != loop) return;
+    tls_done = NULL;
+    /* Every stream was closed first, and closing runs after the check
+     * phase that drained the list. */
+    uv_close((uv_handle_t *)&q->check, done_closed_cb);
+    uv_close((uv_handle_t *)&q->idle, done_closed_cb);
+}
+
 static int tcp_write(sg_stream_t *s, sg_stream_write_t *w, const uv_buf_t *bufs, unsigned n,
                      sg_stream_write_cb cb)
 {
@@ -124,7 +200,34 @@ static int tcp_write(sg_stream_t *s, sg_stream_write_t *w, const uv_buf_t *bufs,
     w->cb = cb;
     w->bytes = total;
     w->req.data = w;
-    int rc = uv_write(&w->req, (uv_stream_t *)&s->tcp, bufs, n, tcp_write_cb);
+    done_queue_t *q = tls_done;
+    size_t sent = 0;
+    uv_buf_t rest[8];
+    if (q && q->loop == s->tcp.loop && total && !s->closing &&
+        n <= sizeof(rest) / sizeof(rest[0])) {
+        /* uv_try_write declines (EAGAIN) while earlier writes are queued, so
+         * bytes never overtake each other. */
+        int r = uv_try_write((uv_stream_t *)&s->tcp, bufs, n);
+        if (r >= 0) sent = (size_t)r;
+        if (sent == total) {
+            s->write_queue_bytes += total;
+            defer_done(q, w);
+            return 0;
+        }
+    }
+    const uv_buf_t *out = bufs;
+    unsigned nout = n;
+    if (sent) {
+        /* Partly written: queue the remainder. */
+        unsigned i = 0;
+        while (sent >= bufs[i].len) sent -= bufs[i++].len;
+        for (unsigned j = i; j < n; j++) rest[j - i] = bufs[j];
+        rest[0].base += sent;
+        rest[0].len -= sent;
+        out = rest;
+        nout = n - i;
+    }
+    int rc = uv_write(&w->req, (uv_stream_t *)&s->tcp, out, nout, tcp_write_cb);
     if (rc == 0) s->write_queue_bytes += total;
     return rc;
 }

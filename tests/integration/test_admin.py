@@ -27,7 +27,10 @@ from conftest import (
 )
 from httpio import wait_closed
 
-RECORD_KEYS = ["id", "address", "mask_request_host", "has_traffic_access_token", "max_incoming_connections"]
+RECORD_KEYS = ["id", "address", "mask_request_host", "has_traffic_access_token",
+               "max_incoming_connections", "allow_internet_access", "network"]
+# The egress policy every record without one echoes (see tests/egress/).
+NO_EGRESS_RULES = {"allow_internet_access": True, "network": {"allow_out": [], "deny_out": []}}
 
 
 def hget(doc, name):
@@ -53,7 +56,8 @@ def test_put_create_replace_get_delete(asg):
     doc = r.json()
     assert list(doc) == RECORD_KEYS or sorted(doc) == sorted(RECORD_KEYS), doc
     assert doc == {"id": "sb1", "address": "127.0.0.2", "mask_request_host": "localhost:${PORT}",
-                   "has_traffic_access_token": True, "max_incoming_connections": 7}
+                   "has_traffic_access_token": True, "max_incoming_connections": 7,
+                   **NO_EGRESS_RULES}
     assert b"tok-SECRET-123" not in r.body
 
     g = ad.get("sb1")
@@ -65,7 +69,8 @@ def test_put_create_replace_get_delete(asg):
     r2 = ad.put("sb1", {"address": "::1"})
     assert r2.status == 200, r2
     assert r2.json() == {"id": "sb1", "address": "::1", "mask_request_host": None,
-                         "has_traffic_access_token": False, "max_incoming_connections": None}
+                         "has_traffic_access_token": False, "max_incoming_connections": None,
+                         **NO_EGRESS_RULES}
     assert ad.get("sb1").json() == r2.json()
 
     # explicit nulls are "none"
