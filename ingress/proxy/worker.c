@@ -345,7 +345,14 @@ int sg_worker_start(sg_worker_t *w)
     int rc = uv_async_init(&w->loop, &w->stop_async, stop_async_cb);
     if (rc) return rc;
     w->stop_async.data = w;
-    return uv_thread_create(&w->thread, worker_main, w);
+    rc = uv_thread_create(&w->thread, worker_main, w);
+    if (rc) return rc;
+    /* Named here as well as in the thread: once this returns the name is
+     * visible, whatever the new thread's scheduling. */
+    char name[16];
+    snprintf(name, sizeof(name), "sandgate-w%u", w->index);
+    pthread_setname_np(w->thread, name);
+    return 0;
 }
 
 void sg_worker_stop(sg_worker_t *w)

@@ -165,9 +165,16 @@ def test_worker_threads_and_listening_sockets(ops_factory, backends, how):
     else:
         sg = ops_factory(ops_config(workers=3), args=["--workers", "2"])
         n = 2
-    names = sg.thread_names()
-    workers = sorted(x for x in names if x.startswith("sandgate-w"))
-    assert workers == ["sandgate-w%d" % i for i in range(n)], names
+    # The listeners accept before the threads start: give naming a moment.
+    want = ["sandgate-w%d" % i for i in range(n)]
+    deadline = time.monotonic() + 2
+    while True:
+        names = sg.thread_names()
+        workers = sorted(x for x in names if x.startswith("sandgate-w"))
+        if workers == want or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert workers == want, names
     # every worker has its own listening socket on the same port (SO_REUSEPORT)
     assert sg.listening_sockets(sg.port) == n
     assert sg.listening_sockets(sg.admin_port) == 1
