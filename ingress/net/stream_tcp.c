@@ -159,6 +159,21 @@ static void defer_done(done_queue_t *q, sg_stream_write_t *w)
     uv_idle_start(&q->idle, done_idle_cb);
 }
 
+int sg_stream__try_write(sg_stream_t *s, const uv_buf_t *buf)
+{
+    done_queue_t *q = tls_done;
+    if (!q || q->loop != s->tcp.loop || s->closing) return UV_EAGAIN;
+    return uv_try_write((uv_stream_t *)&s->tcp, buf, 1);
+}
+
+int sg_stream__defer_done(sg_stream_t *s, sg_stream_write_t *w)
+{
+    done_queue_t *q = tls_done;
+    if (!q || q->loop != s->tcp.loop) return -1;
+    defer_done(q, w);
+    return 0;
+}
+
 int sg_stream_tcp_loop_init(uv_loop_t *loop)
 {
     done_queue_t *q = calloc(1, sizeof(*q));

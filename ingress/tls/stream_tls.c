@@ -167,13 +167,33 @@ static void chunk_write_cb(uv_write_t *req, int status)
 static int flush_tx(sg_tls_stream_t *s, sg_stream_write_t *user)
 {
     if (s->tx_cur && s->tx_cur->len) tx_push(s);
-    int rc = 0;
+    int rc = 0, direct = 1;
     for (size_t i = 0; i < s->n_tx_ready; i++) {
         tls_chunk_t *c = s->tx_ready[i];
         int last = i + 1 == s->n_tx_ready;
         c->user = last ? user : NULL;
         c->req.data = c;
         uv_buf_t b = uv_buf_init((char *)(c + 1), (unsigned)c->len);
+        if (!rc && direct && c->len) {
+            /* Records the socket takes at once need no write request (see
+             * sg_stream_tcp_loop_init: each completed uv_write costs an
+             * epoll_ctl). The first one it does not take whole, and every
+             * later one, go through uv_write so the order holds. */
+            int n = sg_stream__try_write(&s->base, &b);
+            if (n == (int)c->len) {
+                sg_buf_unref(c->buf);
+                if (c->user && sg_stream__defer_done(&s->base, c->user) != 0) {
+                    s->base.write_queue_bytes -= c->user->bytes;
+                    c->user->cb(c->user, 0); /* unreachable: try_write needs the queue */
+                }
+                continue;
+            }
+            direct = 0;
+            if (n > 0) {
+                b.base += n;
+                b.len -= (size_t)n;
+            }
+        }
         int r = rc ? rc : uv_write(&c->req, (uv_stream_t *)&s->base.tcp, &b, 1, chunk_write_cb);
         if (r) {
             rc = r;
