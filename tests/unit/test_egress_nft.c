@@ -22,6 +22,7 @@
 #include <cmocka.h>
 
 #include "egress/nft.h"
+#include "test_sockaddr.h"
 
 /* ---- helpers ---- */
 
@@ -39,22 +40,6 @@ static sg_egress_policy_t *policy(const char *aia, const char *network)
     json_decref(a);
     json_decref(n);
     return p;
-}
-
-static struct sockaddr_storage sa(const char *ip)
-{
-    struct sockaddr_storage ss;
-    memset(&ss, 0, sizeof(ss));
-    if (strchr(ip, ':')) {
-        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
-        s6->sin6_family = AF_INET6;
-        assert_int_equal(inet_pton(AF_INET6, ip, &s6->sin6_addr), 1);
-    } else {
-        struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
-        s4->sin_family = AF_INET;
-        assert_int_equal(inet_pton(AF_INET, ip, &s4->sin_addr), 1);
-    }
-    return ss;
 }
 
 static void expect_has(const char *text, const char *part)
