@@ -71,6 +71,9 @@ class TlsSandgate(Sandgate):
                     raise
         raise err
 
+    def _other_listen_ports(self):
+        return [self.tls_port]
+
     def rewrite_config(self, cfg):
         """Writes a new config file (same listeners) for the next reload."""
         self.base_config = cfg
