@@ -193,10 +193,10 @@ static void on_reload_signal(uv_signal_t *sig, int signum)
     reload(sig->data, err, sizeof(err));
 }
 
-static void admin_sandbox_removed(void *ctx, const char *id)
+static void admin_sandbox_removed(void *ctx, const char *id, const struct sockaddr_storage *addr)
 {
     sg_main_t *m = ctx;
-    for (unsigned i = 0; i < m->n_workers; i++) sg_worker_post_kill(&m->workers[i], id);
+    for (unsigned i = 0; i < m->n_workers; i++) sg_worker_post_kill(&m->workers[i], id, addr);
     sg_qsbr_reclaim(&m->qsbr);
 }
 

@@ -12,8 +12,9 @@
 
 typedef struct {
     void *ctx;
-    /* A sandbox was deleted (or replaced): cut its live connections. */
-    void (*sandbox_removed)(void *ctx, const char *id);
+    /* A sandbox was deleted (or replaced): cut its live connections, and
+     * the idle pooled ones to addr, the removed record's address. */
+    void (*sandbox_removed)(void *ctx, const char *id, const struct sockaddr_storage *addr);
     /* POST /v1/reload: 0, or -1 with one message per line in err. */
     int (*reload)(void *ctx, char *err, size_t errlen);
     /* GET /metrics: append Prometheus text exposition. */

@@ -108,6 +108,17 @@ static int sync_egress(sg_admin_conn_t *c)
     return -1;
 }
 
+/* After a delete or a replacing put: the proxy cuts the sandbox's live
+ * connections and the idle pooled ones to its old address. */
+static void report_removed(sg_admin_t *a, sg_slice_t id, const struct sockaddr_storage *old_addr)
+{
+    if (!a->hooks.sandbox_removed) return;
+    char idz[SG_SANDBOX_ID_MAX + 1];
+    memcpy(idz, id.base, id.len);
+    idz[id.len] = '\0';
+    a->hooks.sandbox_removed(a->hooks.ctx, idz, old_addr);
+}
+
 static void put_sandbox(sg_admin_conn_t *c, sg_slice_t id, sg_slice_t body)
 {
     json_error_t jerr;
@@ -196,6 +207,10 @@ static void put_sandbox(sg_admin_conn_t *c, sg_slice_t id, sg_slice_t body)
     json_decref(doc);
 
     json_t *out = record_json(sb);
+    /* The admin thread is the store's only writer: the old record stays
+     * valid until our own put replaces it. */
+    const sg_sandbox_t *old = sg_store_get(c->admin->store, id);
+    struct sockaddr_storage old_addr = old ? old->addr : (struct sockaddr_storage){0};
     int created = 0;
     int rc = sg_store_put(c->admin->store, sb, &created); /* takes our reference */
     if (rc != 0) {
@@ -205,12 +220,7 @@ static void put_sandbox(sg_admin_conn_t *c, sg_slice_t id, sg_slice_t body)
         return;
     }
     /* A replaced sandbox may have moved: connections to the old VM go. */
-    if (!created && c->admin->hooks.sandbox_removed) {
-        char idz[SG_SANDBOX_ID_MAX + 1];
-        memcpy(idz, id.base, id.len);
-        idz[id.len] = '\0';
-        c->admin->hooks.sandbox_removed(c->admin->hooks.ctx, idz);
-    }
+    if (!created) report_removed(c->admin, id, &old_addr);
     if (sync_egress(c) != 0) {
         json_decref(out);
         return;
@@ -298,6 +308,8 @@ void sg_admin__sandboxes(sg_admin_conn_t *c, sg_slice_t rest, sg_slice_t query, 
         }
         sg_admin__respond_json(c, 200, record_json(sb));
     } else if (sg_slice_eq_nocase(m, SG_SLICE_LIT("DELETE"))) {
+        const sg_sandbox_t *old = sg_store_get(a->store, id);
+        struct sockaddr_storage old_addr = old ? old->addr : (struct sockaddr_storage){0};
         int existed = 0;
         int rc = sg_store_delete(a->store, id, &existed);
         if (rc != 0) {
@@ -308,10 +320,7 @@ void sg_admin__sandboxes(sg_admin_conn_t *c, sg_slice_t rest, sg_slice_t query, 
             sg_admin__error(c, 404, NULL, "no sandbox '%.*s'", (int)id.len, id.base);
             return;
         }
-        char idz[SG_SANDBOX_ID_MAX + 1];
-        memcpy(idz, id.base, id.len);
-        idz[id.len] = '\0';
-        if (a->hooks.sandbox_removed) a->hooks.sandbox_removed(a->hooks.ctx, idz);
+        report_removed(a, id, &old_addr);
         if (sync_egress(c) != 0) return;
         sg_admin__respond(c, 204, NULL, NULL, 0);
     } else {

@@ -121,7 +121,7 @@ typedef struct sg_config_s {
     sg_timeouts_conf_t timeouts;
     sg_tls_conf_t tls;
     size_t max_header_bytes;           /* request head size limit (431), default 64 KiB */
-    size_t upstream_pool_idle_per_key; /* pooled idle connections kept per sandbox:port */
+    size_t upstream_pool_idle_per_key; /* pooled idle connections kept per address:port */
     int log_level;                     /* sg_log_level_t */
     int log_json;                      /* log_format: json (1) or text (0, default) */
     char *access_log;          /* access_log: "stdout" (default), "off", or a file path (resolved

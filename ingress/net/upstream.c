@@ -21,26 +21,24 @@ void sg_upstream_pool_init(sg_upstream_pool_t *pool, uv_loop_t *loop, sg_buf_poo
     if (!pool->buckets) abort();
 }
 
-size_t sg_upstream_make_key(char *key, const char *id, size_t id_len,
-                            const struct sockaddr_storage *addr)
+size_t sg_upstream_make_key(char *key, const struct sockaddr_storage *addr)
 {
-    size_t n = 0;
-    if (id_len > SG_UPSTREAM_KEY_MAX - 24) id_len = SG_UPSTREAM_KEY_MAX - 24;
-    memcpy(key, id, id_len);
-    n = id_len;
-    key[n++] = '\0';
     if (addr->ss_family == AF_INET6) {
         const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)addr;
-        memcpy(key + n, &a6->sin6_addr, 16);
-        n += 16;
-        memcpy(key + n, &a6->sin6_port, 2);
-    } else {
-        const struct sockaddr_in *a4 = (const struct sockaddr_in *)addr;
-        memcpy(key + n, &a4->sin_addr, 4);
-        n += 4;
-        memcpy(key + n, &a4->sin_port, 2);
+        memcpy(key, &a6->sin6_addr, 16);
+        memcpy(key + 16, &a6->sin6_port, 2);
+        return 18;
     }
-    return n + 2;
+    const struct sockaddr_in *a4 = (const struct sockaddr_in *)addr;
+    memcpy(key, &a4->sin_addr, 4);
+    memcpy(key + 4, &a4->sin_port, 2);
+    return 6;
+}
+
+/* The IP part of a key: all of it but the trailing port. */
+static int key_has_ip(const sg_upstream_t *up, const char *ip_key, size_t ip_len)
+{
+    return up->key_len == ip_len + 2 && memcmp(up->key, ip_key, ip_len) == 0;
 }
 
 static size_t key_bucket(const sg_upstream_pool_t *pool, const char *key, size_t len)
@@ -293,14 +291,16 @@ void sg_upstream_pool_close(sg_upstream_pool_t *pool)
     pool->n_buckets = 0;
 }
 
-size_t sg_upstream_pool_drop_prefix(sg_upstream_pool_t *pool, const char *prefix, size_t len)
+size_t sg_upstream_pool_drop_addr(sg_upstream_pool_t *pool, const struct sockaddr_storage *addr)
 {
+    char ip_key[SG_UPSTREAM_KEY_MAX];
+    size_t ip_len = addr ? sg_upstream_make_key(ip_key, addr) - 2 : 0;
     size_t closed = 0;
     for (size_t i = 0; i < pool->n_buckets; i++) {
         sg_upstream_t *up = pool->buckets[i];
         while (up) {
             sg_upstream_t *next = up->idle_next;
-            if (!prefix || (up->key_len >= len && memcmp(up->key, prefix, len) == 0)) {
+            if (!addr || key_has_ip(up, ip_key, ip_len)) {
                 upstream_destroy(up);
                 closed++;
             }

@@ -1,6 +1,10 @@
 /* Connections to sandbox services: connect with retry while a port is still
- * opening, and a per-worker pool of idle keep-alive connections keyed by
- * (sandbox id, address, port) so a connection never serves two sandboxes.
+ * opening, and a per-worker pool of idle keep-alive connections keyed by the
+ * destination (address, port). Sandboxes that share an address (several
+ * services of one docker host, say) share its idle connections: a connection
+ * is to a server, not to a sandbox record. Removing a sandbox drops the idle
+ * connections to its address (sg_upstream_pool_drop_addr), so an address
+ * handed to a new VM never inherits connections made to the old one.
  * Knows nothing of HTTP: callers decide when a connection is reusable. */
 #ifndef SG_NET_UPSTREAM_H
 #define SG_NET_UPSTREAM_H
@@ -9,7 +13,7 @@
 #include "net/stream.h"
 #include <netinet/in.h>
 
-#define SG_UPSTREAM_KEY_MAX 96
+#define SG_UPSTREAM_KEY_MAX 18 /* IPv6 address + port */
 
 typedef struct sg_upstream_s sg_upstream_t;
 typedef struct sg_upstream_pool_s sg_upstream_pool_t;
@@ -73,9 +77,9 @@ void sg_upstream_pool_init(sg_upstream_pool_t *pool, uv_loop_t *loop, sg_buf_poo
 /* Closes every idle connection; later releases close instead of pooling. */
 void sg_upstream_pool_close(sg_upstream_pool_t *pool);
 
-/* Builds the pool key for (id, address, port) into key (SG_UPSTREAM_KEY_MAX). */
-size_t sg_upstream_make_key(char *key, const char *id, size_t id_len,
-                            const struct sockaddr_storage *addr_with_port);
+/* Builds the pool key for (address, port) into key (SG_UPSTREAM_KEY_MAX
+ * bytes); returns its length. */
+size_t sg_upstream_make_key(char *key, const struct sockaddr_storage *addr_with_port);
 
 /* Takes an idle connection for key (returns 1, *out set, no callback; its
  * read side is still started with the pool's callback, so the caller must
@@ -96,9 +100,9 @@ void sg_upstream_cancel(sg_upstream_t *up);
  * when reusable=1. */
 void sg_upstream_release(sg_upstream_t *up, int reusable);
 
-/* Closes the idle pooled connections whose key starts with prefix (all of
- * them when prefix is NULL); used when a sandbox is removed. Returns how
- * many were closed. */
-size_t sg_upstream_pool_drop_prefix(sg_upstream_pool_t *pool, const char *prefix, size_t len);
+/* Closes the idle pooled connections to addr's IP address, on any port (all
+ * of them when addr is NULL); used when a sandbox is removed or moved.
+ * Connections in use are the caller's to cut. Returns how many were closed. */
+size_t sg_upstream_pool_drop_addr(sg_upstream_pool_t *pool, const struct sockaddr_storage *addr);
 
 #endif

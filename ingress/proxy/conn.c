@@ -393,7 +393,7 @@ void sg_conn_get_upstream(sg_conn_t *c, int fresh)
         snprintf(c->upstream_addr, sizeof(c->upstream_addr), "%s:%u", ip, c->route.port);
     }
     char key[SG_UPSTREAM_KEY_MAX];
-    size_t key_len = sg_upstream_make_key(key, c->sandbox->id, c->sandbox->id_len, &addr);
+    size_t key_len = sg_upstream_make_key(key, &addr);
     sg_upstream_opts_t opts = {.connect_timeout_ms = cfg->timeouts.upstream_connect_ms,
                                .retry_window_ms = cfg->timeouts.upstream_retry_window_ms,
                                .fresh = fresh};

@@ -100,24 +100,22 @@ static int conn_is_stale(sg_worker_t *w, const sg_conn_t *c)
     return sg_store_get(w->shared.store, sg_slice(sb->id, sb->id_len)) != sb;
 }
 
-static void cut_sandboxes(sg_worker_t *w, char (*ids)[SG_SANDBOX_ID_MAX + 1], size_t n,
-                          int overflow)
+static void cut_sandboxes(sg_worker_t *w, const sg_worker_kill_t *kills, size_t n, int overflow)
 {
     sg_conn_t *c = w->conns;
     while (c) {
         sg_conn_t *next = c->next;
         int cut = overflow && conn_is_stale(w, c);
-        for (size_t i = 0; !cut && i < n; i++) cut = conn_is_of(c, ids[i]);
+        for (size_t i = 0; !cut && i < n; i++) cut = conn_is_of(c, kills[i].id);
         if (cut) sg_conn_close(c);
         c = next;
     }
-    for (size_t i = 0; i < n; i++) {
-        char key[SG_SANDBOX_ID_MAX + 2];
-        size_t len = strlen(ids[i]);
-        memcpy(key, ids[i], len + 1); /* pool keys start with "id\0" */
-        sg_upstream_pool_drop_prefix(&w->upstreams, key, len + 1);
+    if (overflow) {
+        sg_upstream_pool_drop_addr(&w->upstreams, NULL);
+        return;
     }
-    if (overflow) sg_upstream_pool_drop_prefix(&w->upstreams, NULL, 0);
+    for (size_t i = 0; i < n; i++)
+        if (kills[i].addr.ss_family) sg_upstream_pool_drop_addr(&w->upstreams, &kills[i].addr);
 }
 
 static void begin_drain(sg_worker_t *w);
@@ -125,28 +123,30 @@ static void begin_drain(sg_worker_t *w);
 static void reload_async_cb(uv_async_t *a)
 {
     sg_worker_t *w = a->data;
-    char ids[SG_KILL_QUEUE][SG_SANDBOX_ID_MAX + 1];
+    sg_worker_kill_t kills[SG_KILL_QUEUE];
     uv_mutex_lock(&w->mailbox_lock);
     sg_snapshot_t *snap = w->mailbox;
     w->mailbox = NULL;
-    size_t n = w->n_kill_ids;
-    memcpy(ids, w->kill_ids, n * sizeof(ids[0]));
+    size_t n = w->n_kills;
+    memcpy(kills, w->kills, n * sizeof(kills[0]));
     int overflow = w->kill_overflow;
-    w->n_kill_ids = 0;
+    w->n_kills = 0;
     w->kill_overflow = 0;
     int drain = w->drain_requested && !w->draining;
     uv_mutex_unlock(&w->mailbox_lock);
     if (snap) use_snapshot(w, snap);
-    if (n || overflow) cut_sandboxes(w, ids, n, overflow);
+    if (n || overflow) cut_sandboxes(w, kills, n, overflow);
     if (drain) begin_drain(w);
 }
 
-void sg_worker_post_kill(sg_worker_t *w, const char *id)
+void sg_worker_post_kill(sg_worker_t *w, const char *id, const struct sockaddr_storage *addr)
 {
     uv_mutex_lock(&w->mailbox_lock);
-    if (w->n_kill_ids < SG_KILL_QUEUE)
-        snprintf(w->kill_ids[w->n_kill_ids++], SG_SANDBOX_ID_MAX + 1, "%s", id);
-    else
+    if (w->n_kills < SG_KILL_QUEUE) {
+        sg_worker_kill_t *k = &w->kills[w->n_kills++];
+        snprintf(k->id, sizeof(k->id), "%s", id);
+        k->addr = *addr;
+    } else
         w->kill_overflow = 1;
     uv_mutex_unlock(&w->mailbox_lock);
     uv_async_send(&w->reload_async);

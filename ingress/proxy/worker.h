@@ -70,6 +70,13 @@ typedef struct {
 
 #define SG_KILL_QUEUE 64
 
+/* A removed sandbox: its id (live connections) and address (idle pooled
+ * connections, which are shared by every sandbox on that address). */
+typedef struct {
+    char id[SG_SANDBOX_ID_MAX + 1];
+    struct sockaddr_storage addr;
+} sg_worker_kill_t;
+
 typedef struct {
     uv_tcp_t tcp;
     sg_worker_t *worker;
@@ -98,9 +105,9 @@ struct sg_worker_s {
     sg_qsbr_reader_t qsbr_reader;
     uv_check_t qsbr_check;
     uv_timer_t qsbr_tick; /* keeps an idle loop iterating so frees are not held back */
-    /* sandbox ids whose connections must be cut (admin DELETE), posted by main */
-    char kill_ids[SG_KILL_QUEUE][SG_SANDBOX_ID_MAX + 1];
-    size_t n_kill_ids;
+    /* sandboxes whose connections must be cut (admin DELETE), posted by main */
+    sg_worker_kill_t kills[SG_KILL_QUEUE];
+    size_t n_kills;
     int kill_overflow;  /* too many at once: cut by re-checking every connection */
     uv_async_t *exited; /* main's: signalled when this worker's loop has ended */
     _Atomic int exited_flag;
@@ -126,9 +133,9 @@ struct sg_worker_s {
 /* Prepares the worker's loop and opens its listeners (on the calling thread,
  * so bind errors surface before serving starts). Returns 0 or a libuv error. */
 int sg_worker_init(sg_worker_t *w, unsigned index, sg_snapshot_t *snap, const sg_shared_t *shared);
-/* Thread-safe: cut every connection (streaming, tunnelled or pooled) of
- * sandbox id, at once. */
-void sg_worker_post_kill(sg_worker_t *w, const char *id);
+/* Thread-safe: cut every connection (streaming or tunnelled) of sandbox id,
+ * and the idle pooled upstream connections to addr (its address), at once. */
+void sg_worker_post_kill(sg_worker_t *w, const char *id, const struct sockaddr_storage *addr);
 /* Thread-safe: stop accepting, let requests in flight finish, close idle
  * connections; after deadline_ms everything still open is closed and the
  * loop ends. */

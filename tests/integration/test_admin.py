@@ -646,6 +646,32 @@ def test_replacing_put_closes_pooled_upstream_and_uses_new_address(asg, backends
     assert r.status == 200 and r.json()["backend"] == "def", r
 
 
+def test_sandboxes_on_one_address_share_pooled_connections_until_one_is_deleted(asg, backends):
+    """Pools are per destination: two sandboxes on 127.0.0.2 share one idle
+    upstream connection. Deleting either drops the idle connections to that
+    address (a freed address may go to a new VM); the other sandbox then gets
+    a fresh connection, and a sandbox elsewhere keeps its own."""
+    a, b = backends
+    ad = asg.admin
+    for sid, addr in (("sha", "127.0.0.2"), ("shb", "127.0.0.2"), ("oth", "127.0.0.3")):
+        assert ad.put(sid, {"address": addr}).status == 201
+    seen = [one_request(asg.port, "GET", "/echo", host=asg.host(a.port, sid)).json()["conn_id"]
+            for sid in ("sha", "shb", "sha", "shb")]
+    assert seen == [1, 1, 1, 1], seen
+    assert one_request(asg.port, "GET", "/echo", host=asg.host(b.port, "oth")).json()["conn_id"] == 1
+    time.sleep(0.1)
+    assert [c.closed for c in a.conns] == [None]
+    assert ad.delete("sha").status == 204
+    assert a.wait_for(lambda: a.find_events("conn_closed"), CUT_WITHIN), \
+        "idle connection to the deleted sandbox's address survived"
+    time.sleep(0.3)
+    assert b.conns[0].closed is None, "a pooled connection to another address was closed"
+    r = one_request(asg.port, "GET", "/echo", host=asg.host(a.port, "shb"))
+    assert r.status == 200 and r.json()["conn_id"] == 2, r
+    r = one_request(asg.port, "GET", "/echo", host=asg.host(b.port, "oth"))
+    assert r.status == 200 and r.json()["conn_id"] == 1, r
+
+
 def test_delete_cuts_keepalive_client_connection_in_flight(asg, backends):
     """A request waiting for its response when the sandbox is deleted: the
     client's connection ends (no hang until the head timeout)."""

@@ -1,9 +1,10 @@
 """Keep-alive: pipelined requests answered in order, upstream connections
-pooled per (sandbox, address, port)."""
+pooled per destination (address, port)."""
 
 import hashlib
 
 from client import Conn, build_request
+from conftest import MASK
 
 
 def test_pipelining_20_requests_in_one_send(sg, backends):
@@ -69,7 +70,29 @@ def test_separate_client_connections_share_pooled_upstream(sg, backends):
     assert len(a.conns) == 1, [(c.id, c.peer) for c in a.conns]
 
 
-def test_pool_is_keyed_by_sandbox_address_and_port(sg, backends, raw_backend_factory):
+def test_pool_is_shared_by_sandboxes_on_one_address(sandgate_factory, backends):
+    """Two sandboxes on the same address and port (one with a mask, one
+    without) are one server to the pool: the second reuses the first's idle
+    connection, and each request still carries its own sandbox's Host."""
+    a, _ = backends
+    sg = sandgate_factory(sandboxes={"abc": {"address": "127.0.0.2", "mask": MASK},
+                                     "twin": {"address": "127.0.0.2"}})
+    hosts = {}
+    ids = set()
+    for sid in ("abc", "twin", "abc", "twin"):
+        with Conn(sg.port) as c:
+            r = c.request("GET", "/echo", host=sg.host(a.port, sid))
+            assert r.status == 200, r
+            doc = r.json()
+            ids.add(doc["conn_id"])
+            hosts[sid] = [v for n, v in doc["headers"] if n.lower() == "host"]
+    assert ids == {1}, ids
+    assert len(a.conns) == 1
+    assert hosts["abc"] == ["localhost:%d" % a.port], hosts
+    assert hosts["twin"] == [sg.host(a.port, "twin")], hosts
+
+
+def test_pool_is_keyed_by_address_and_port(sg, backends, raw_backend_factory):
     a, b = backends
     a2 = raw_backend_factory("127.0.0.2", name="abc-other-port")
     seen = {}
