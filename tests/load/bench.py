@@ -14,6 +14,10 @@ Environment:
                           proxy (perf tracepoints), a perf cpu-clock profile of
                           sandgate and callgrind instruction counts per request
                           of sandgate, nginx and HAProxy (keep-alive HTTP row)
+  BENCH_CALLGRIND=a,b     only callgrind instruction counts per request of
+                          sandgate, nginx-best and HAProxy on these scenario
+                          keys (no table; instruction counts do not need an
+                          idle machine): results/profile-callgrind-<proxy>-<key>.txt
   BENCH_QUIET_WAIT=S      wait up to S seconds for other load on the machine to
                           stop before starting (default 180; a third of it
                           before each scenario)
@@ -1048,22 +1052,27 @@ def profile(work, boxes, certs, ids_file, shim):
             summary.append("perf failed: %s" % rep.stderr[-300:])
     finally:
         proc.stop()
-    # callgrind: exact user-space instruction counts, ~50x slower; collection
-    # starts after start-up and a warm-up, so the counts are per request only
-    cg = {}
+    return summary + callgrind_rows(work, boxes, certs, ids_file, shim, scen)
+
+
+def callgrind_rows(work, boxes, certs, ids_file, shim, scen, suffix=""):
+    """callgrind: exact user-space instruction counts, ~50x slower; collection
+    starts after start-up and a warm-up, so the counts are per request only.
+    Writes results/profile-callgrind-<proxy><suffix>.txt; returns summary lines."""
+    outdir = os.path.join(HERE, "results")
+    summary = []
     for n in ["sandgate", "nginx-best", "haproxy"]:
-        cg[n] = callgrind_proxy(work, n, boxes, certs, ids_file, shim, scen)
-        total, reqs, ann, ann2 = cg[n]
-        head = "# %s, keep-alive 100 B over HTTP: %d requests while collecting; %s instructions (user space) " \
-               "= %.0f per request\n" % (n, reqs, "{:,}".format(total), total / max(1, reqs))
-        with open(os.path.join(outdir, "profile-callgrind-%s.txt" % n), "w") as f:
+        total, reqs, ann, ann2 = callgrind_proxy(work, n, boxes, certs, ids_file, shim, scen)
+        head = "# %s, %s: %d requests while collecting; %s instructions (user space) " \
+               "= %.0f per request\n" % (n, scen["title"], reqs, "{:,}".format(total), total / max(1, reqs))
+        with open(os.path.join(outdir, "profile-callgrind-%s%s.txt" % (n, suffix)), "w") as f:
             f.write(head + ann)
         if n == "sandgate":
-            with open(os.path.join(outdir, "profile-callgrind-sandgate-inclusive.txt"), "w") as f:
+            with open(os.path.join(outdir, "profile-callgrind-sandgate%s-inclusive.txt" % suffix), "w") as f:
                 f.write(head + ann2)
         summary.append(head.strip("# \n"))
-    summary.append("callgrind: results/profile-callgrind-*.txt, results/callgrind.out.sandgate "
-                   "(callgrind_annotate / kcachegrind)")
+    summary.append("callgrind: results/profile-callgrind-*%s.txt, results/callgrind.out.sandgate "
+                   "(callgrind_annotate / kcachegrind)" % suffix)
     return summary
 
 
@@ -1177,6 +1186,15 @@ def main():
                                "-g", "daemon off;"], CLIENT_CPU, bdir).start()
     wait_port(BACKEND_ADDRS[0], BACKEND_PORT, backend)
     wait_port(*STATUS_ADDR, backend)
+
+    if os.environ.get("BENCH_CALLGRIND"):
+        for key in os.environ["BENCH_CALLGRIND"].split(","):
+            scen = next(sc for sc in SCENARIOS if sc["key"] == key)
+            for line in callgrind_rows(WORK, boxes, certs, ids_file, shim, scen, suffix="-" + key):
+                log(line)
+        backend.stop()
+        shutil.rmtree(WORK, ignore_errors=True)
+        return
 
     info = machine_info()
     log("work dir %s; %s" % (WORK, info))
