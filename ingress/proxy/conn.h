@@ -92,6 +92,7 @@ struct sg_conn_s {
     sg_http_response_t response;
     int status;
     unsigned interim_count; /* 1xx responses passed on for this request */
+    struct sg_splice_s *splice; /* body moving socket to socket (relay.c), or NULL */
 
     unsigned keep_alive : 1;  /* client asked to keep the connection */
     unsigned close_after : 1; /* close the client connection after this response */

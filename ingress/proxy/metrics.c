@@ -151,6 +151,11 @@ void sg_metrics_render(const sg_worker_t *w, unsigned n, int draining, sg_strbuf
                       (unsigned long long)W(stats.bytes_in));
     sg_strbuf_appendf(o, "sandgate_bytes_total{direction=\"out\"} %llu\n",
                       (unsigned long long)W(stats.bytes_out));
+    header(o, "sandgate_spliced_bytes_total", "counter",
+           "Bytes to clients moved socket to socket by splice(2), never copied to user space "
+           "(part of sandgate_bytes_total{direction=\"out\"}).");
+    sg_strbuf_appendf(o, "sandgate_spliced_bytes_total %llu\n",
+                      (unsigned long long)W(stats.bytes_spliced));
 
     histogram(o, w, n, "sandgate_first_byte_seconds",
               "From request head to the sandbox's response head.",

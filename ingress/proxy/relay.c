@@ -4,6 +4,7 @@
 
 #include "core/log.h"
 #include "http/h1_head.h"
+#include "net/splice.h"
 #include "http/rewrite.h"
 
 #include <stdlib.h>
@@ -15,6 +16,11 @@
 #define SG_HIGH_WATER (512 * 1024)
 #define SG_LOW_WATER (128 * 1024)
 #define SG_MAX_WRITES 16
+
+/* Response bodies with at least this many bytes still to come, of known
+ * length, between plain sockets, move by splice(2) (net/splice.h): below
+ * it the pipe and descriptor set-up costs more than the copies it saves. */
+#define SG_SPLICE_MIN (64 * 1024)
 
 static sg_fwd_write_t *fwd_get(sg_worker_t *w)
 {
@@ -46,7 +52,7 @@ void sg_fwd_write_free_all(sg_worker_t *w)
 
 static void set_upstream_reading(sg_conn_t *c)
 {
-    if (!c->up) return;
+    if (!c->up || c->splice) return; /* a splice reads the socket itself */
     if (c->upstream_paused || c->upstream_eof)
         sg_stream_read_stop(&c->up->stream);
     else
@@ -183,6 +189,10 @@ void sg_relay_detach_upstream(sg_conn_t *c, int reusable)
 {
     sg_upstream_t *up = c->up;
     if (!up) return;
+    if (c->splice) {
+        sg_splice_stop(c->splice); /* only while closing: a cut body */
+        c->splice = NULL;
+    }
     c->up = NULL;
     c->upstream_paused = 0;
     up->stream.data = up;
@@ -202,6 +212,50 @@ static void response_complete(sg_conn_t *c)
                    llhttp_should_keep_alive(&c->res.llhttp);
     sg_relay_detach_upstream(c, reusable);
     sg_conn_request_finished(c);
+}
+
+static void splice_progress(void *data, size_t n)
+{
+    sg_conn_t *c = data;
+    c->last_activity = uv_now(&c->w->loop);
+    c->req_bytes_out += n;
+    sg_counter_add(&c->w->stats.bytes_out, n);
+    sg_counter_add(&c->w->stats.bytes_spliced, n);
+}
+
+static void splice_done(void *data, int status)
+{
+    sg_conn_t *c = data;
+    c->splice = NULL;
+    if (status != 0) {
+        /* The sandbox ended the body early or a socket failed: the head is
+         * out, so the client must see a cut. */
+        sg_log_debug("splice: %s", uv_strerror(status));
+        sg_conn_close(c);
+        return;
+    }
+    c->res.message_done = 1; /* the parser saw the head; the length was exact */
+    sg_conn_release_slot(c);
+    response_complete(c);
+}
+
+/* After the head went out: hands the rest of a large Content-Length body to
+ * splice(2) when both sockets are plain and the client's write queue is
+ * empty (so spliced bytes cannot overtake queued ones). Returns 1 when the
+ * splice owns the body. */
+static int splice_body(sg_conn_t *c)
+{
+    const llhttp_t *p = &c->res.llhttp;
+    if (c->client.is_tls || !c->up || c->closing || !(p->flags & F_CONTENT_LENGTH) ||
+        (p->flags & F_CHUNKED) || p->content_length < SG_SPLICE_MIN ||
+        uv_stream_get_write_queue_size((uv_stream_t *)&c->client.tcp) != 0)
+        return 0;
+    sg_stream_read_stop(&c->up->stream);
+    c->splice = sg_splice_start(&c->w->splices, &c->up->stream, &c->client, p->content_length,
+                                splice_progress, splice_done, c);
+    if (c->splice) return 1;
+    set_upstream_reading(c);
+    return 0;
 }
 
 static void tunnel_start(sg_conn_t *c)
@@ -246,7 +300,9 @@ static void final_head(sg_conn_t *c, const sg_h1_response_head_t *h)
     if (c->res.message_done) {
         if (c->res_parsed < c->res_head.len) c->up_junk = 1;
         response_complete(c);
+        return;
     }
+    if (c->res_parsed == c->res_head.len) splice_body(c);
 }
 
 /* Accumulates and parses the response head (http/h1_head.h decides);

@@ -191,6 +191,7 @@ int sg_worker_init(sg_worker_t *w, unsigned index, sg_snapshot_t *snap, const sg
     if (rc) return rc;
     w->loop.data = w;
     sg_buf_pool_init(&w->bufs, SG_READ_BUF_SIZE, 256);
+    sg_splice_pool_init(&w->splices, &w->loop);
     sg_upstream_pool_init(&w->upstreams, &w->loop, &w->bufs, config->upstream_pool_idle_per_key,
                           config->timeouts.upstream_idle_ms);
     sg_lookup_static_init(&w->static_source, &snap->table);
@@ -271,6 +272,7 @@ static void shutdown_worker(sg_worker_t *w)
     while (w->conns) sg_conn_close(w->conns);
     if (w->egress_on) sg_egress_worker_close(&w->egress);
     sg_upstream_pool_close(&w->upstreams);
+    sg_splice_pool_close(&w->splices);
     if (w->dns) sg_dns_source_close(w->dns);
     w->dns = NULL;
     if (w->shared.qsbr) {
@@ -381,6 +383,7 @@ void sg_worker_cleanup(sg_worker_t *w)
     w->dns = NULL;
     if (w->egress_on) sg_egress_worker_close(&w->egress);
     if (w->upstreams.buckets) sg_upstream_pool_close(&w->upstreams);
+    sg_splice_pool_close(&w->splices);
     uv_walk(&w->loop, close_walk_cb, NULL);
     uv_run(&w->loop, UV_RUN_DEFAULT);
     if (w->shared.qsbr && w->qsbr_check.data) sg_qsbr_unregister(&w->qsbr_reader);

@@ -8,6 +8,7 @@
 #include "core/buf.h"
 #include "core/counter.h"
 #include "core/strbuf.h"
+#include "net/splice.h"
 #include "net/upstream.h"
 #include "core/qsbr.h"
 #include "egress/proxy.h"
@@ -31,6 +32,7 @@ typedef struct {
     sg_counter_t responses_by_class[6]; /* index status/100 */
     sg_counter_t errors[32];            /* by sg_err_t */
     sg_counter_t bytes_in, bytes_out;   /* client side */
+    sg_counter_t bytes_spliced;         /* of bytes_out: moved socket to socket by splice(2) */
     sg_counter_t tunnels_open;
     /* Latency histograms: per-bucket (not cumulative) counts, bucket upper
      * bounds in sg_latency_bounds_us; sums in microseconds. */
@@ -116,6 +118,7 @@ struct sg_worker_s {
     uint64_t drain_deadline;
     sg_buf_pool_t bufs;
     sg_upstream_pool_t upstreams;
+    sg_splice_pool_t splices;
     sg_listener_t *listeners;
     size_t n_listeners;
     uint16_t https_port;       /* first TLS listener's port, for redirects */
