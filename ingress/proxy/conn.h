@@ -91,7 +91,7 @@ struct sg_conn_s {
     sg_strbuf_t res_out;
     sg_http_response_t response;
     int status;
-    unsigned interim_count; /* 1xx responses passed on for this request */
+    unsigned interim_count;     /* 1xx responses passed on for this request */
     struct sg_splice_s *splice; /* body moving socket to socket (relay.c), or NULL */
 
     unsigned keep_alive : 1;  /* client asked to keep the connection */
@@ -126,6 +126,9 @@ struct sg_conn_s {
 
 /* conn.c */
 void sg_conn_accept(sg_worker_t *w, sg_listener_t *listener);
+/* Frees the request buffers idle connections gave back (worker teardown,
+ * after every connection is freed). */
+void sg_conn_free_spares(sg_worker_t *w);
 void sg_conn_close(sg_conn_t *c);
 /* True between requests with nothing received or owed (safe to close when
  * draining). */

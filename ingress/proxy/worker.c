@@ -389,6 +389,7 @@ void sg_worker_cleanup(sg_worker_t *w)
     if (w->shared.qsbr && w->qsbr_check.data) sg_qsbr_unregister(&w->qsbr_reader);
     uv_loop_close(&w->loop);
     sg_fwd_write_free_all(w);
+    sg_conn_free_spares(w);
     sg_buf_pool_destroy(&w->bufs);
     free(w->listeners);
     sg_strbuf_free(&w->log_line);

@@ -89,6 +89,9 @@ typedef struct {
     uint16_t port;
 } sg_listener_t;
 
+/* Request buffers an idle connection gave back (proxy/conn.c). */
+typedef struct sg_spare_kit_s sg_spare_kit_t;
+
 struct sg_worker_s {
     unsigned index;
     uv_loop_t loop;
@@ -127,6 +130,9 @@ struct sg_worker_s {
     sg_egress_worker_t egress; /* egress listeners and connections (egress.enabled) */
     int egress_on;
     sg_fwd_write_t *free_writes;
+    sg_spare_kit_t *spares;        /* request buffers of idle connections */
+    sg_spare_kit_t *spare_holders; /* empty kits, for reuse */
+    unsigned n_spare_kits;         /* allocated, full or empty */
     sg_worker_stats_t stats;
     sg_tls_counters_t tls_stats;
     sg_strbuf_t log_line; /* access-log line being built (reused) */
