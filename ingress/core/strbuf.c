@@ -1,12 +1,15 @@
 #include "core/strbuf.h"
 
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 
-void sg_strbuf_reserve(sg_strbuf_t *b, size_t extra)
+void sg_strbuf__grow(sg_strbuf_t *b, size_t extra)
 {
-    if (b->len + extra <= b->cap) return;
+    if (extra <= b->cap - b->len) return;
+    /* Sizes past SIZE_MAX / 2 could not double: treat them as exhaustion. */
+    if (b->len > SIZE_MAX / 2 || extra > SIZE_MAX / 2 - b->len) abort();
     size_t cap = b->cap ? b->cap : 256;
     while (cap < b->len + extra) cap *= 2;
     char *p = realloc(b->base, cap);
@@ -15,22 +18,20 @@ void sg_strbuf_reserve(sg_strbuf_t *b, size_t extra)
     b->cap = cap;
 }
 
-void sg_strbuf_append(sg_strbuf_t *b, const void *data, size_t len)
-{
-    if (!len) return;
-    sg_strbuf_reserve(b, len);
-    memcpy(b->base + b->len, data, len);
-    b->len += len;
-}
-
-void sg_strbuf_append_slice(sg_strbuf_t *b, sg_slice_t s)
-{
-    sg_strbuf_append(b, s.base, s.len);
-}
-
 void sg_strbuf_append_cstr(sg_strbuf_t *b, const char *s)
 {
     sg_strbuf_append(b, s, strlen(s));
+}
+
+void sg_strbuf_append_uint(sg_strbuf_t *b, unsigned long long v)
+{
+    char digits[20]; /* ULLONG_MAX (64 bits) has 20 */
+    size_t n = sizeof(digits);
+    do {
+        digits[--n] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    sg_strbuf_append(b, digits + n, sizeof(digits) - n);
 }
 
 void sg_strbuf_appendf(sg_strbuf_t *b, const char *fmt, ...)

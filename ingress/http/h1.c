@@ -20,6 +20,54 @@ static uint32_t off_of(sg_h1_parser_t *p, const char *at)
     return (uint32_t)(at - p->base);
 }
 
+/* Eight bytes at p as a little-endian number, whatever the host's byte
+ * order (compilers turn this into one load where they can). */
+static uint64_t load_le64(const char *p)
+{
+    const unsigned char *u = (const unsigned char *)p;
+    return (uint64_t)u[0] | (uint64_t)u[1] << 8 | (uint64_t)u[2] << 16 | (uint64_t)u[3] << 24 |
+           (uint64_t)u[4] << 32 | (uint64_t)u[5] << 40 | (uint64_t)u[6] << 48 |
+           (uint64_t)u[7] << 56;
+}
+
+static int is_cr_lf(char c, int nul)
+{
+    return c == '\r' || c == '\n' || (nul && c == '\0');
+}
+
+/* The first CR or LF (and NUL when `nul`) in [p, end), or end; never
+ * reads outside [p, end). Eight bytes at a time with the "has a byte less
+ * than n" test (n = 0x0e here, below which lie NUL, CR and LF, but also HT
+ * and other control bytes): (w - n * 0x01..) & ~w & 0x80.. is non-zero
+ * exactly when a byte of w is below n, and its lowest set bit marks the
+ * first such byte (borrows only carry towards later bytes). Any other byte
+ * found that way (a tab) is stepped over. */
+static inline const char *find_cr_lf(const char *p, const char *end, int nul)
+{
+    const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
+    const char *start = p;
+    while (end - p >= 8) {
+        uint64_t w = load_le64(p);
+        uint64_t m = (w - ones * 0x0e) & ~w & highs;
+        if (!m) {
+            p += 8;
+            continue;
+        }
+        const char *c = p + (__builtin_ctzll(m) >> 3);
+        if (is_cr_lf(*c, nul)) return c;
+        p = c + 1;
+    }
+    /* Fewer than 8 bytes left: when the range has 8, its last 8 bytes
+     * (some already seen) settle it in one step if none is below 0x0e. */
+    if (p < end && end - start >= 8) {
+        uint64_t w = load_le64(end - 8);
+        if (!((w - ones * 0x0e) & ~w & highs)) return end;
+    }
+    for (; p < end; p++)
+        if (is_cr_lf(*p, nul)) return p;
+    return end;
+}
+
 static int on_method(llhttp_t *l, const char *at, size_t len)
 {
     sg_h1_parser_t *p = P(l);
@@ -93,8 +141,9 @@ static int on_header_value(llhttp_t *l, const char *at, size_t len)
      * is legitimate only when the previous piece ran to the end of the
      * previous execute's data and this one starts this execute's data (a
      * read boundary inside the value); any other piece is a fold. */
-    int split = pos_of(p, at) == p->exec_start && p->last_value_end == p->prev_exec_end;
-    if (memchr(at, '\r', len) || memchr(at, '\n', len) || (p->in_value && !split)) {
+    int split =
+        p->in_value && pos_of(p, at) == p->exec_start && p->last_value_end == p->prev_exec_end;
+    if ((p->in_value && !split) || find_cr_lf(at, at + len, 0) != at + len) {
         llhttp_set_error_reason(l, "obsolete line folding");
         return HPE_USER;
     }
@@ -267,6 +316,45 @@ const char *sg_h1_check_head_bytes(const char *head, size_t len)
     return NULL;
 }
 
+size_t sg_h1_head_scan(const char *buf, size_t len, const char **why)
+{
+    /* Fast path, line by line: each line up to its CRLF must hold no NUL,
+     * CR or LF, and the line after it must not start with SP or HT (a
+     * fold). Then the first empty line ends the head, which is where the
+     * first CRLFCRLF after the blank lines lies, and sg_h1_check_head_bytes
+     * has nothing to say. Anything else takes the two-call path, so odd
+     * heads get exactly its answers. */
+    size_t start = sg_h1_skip_blank_lines(buf, len);
+    const char *line = buf + start, *end = buf + len;
+    for (;;) {
+        const char *cr = find_cr_lf(line, end, 1);
+        if (end - cr < 2 || cr[0] != '\r' || cr[1] != '\n') break;
+        if (cr == line) {
+            if (line == buf + start) break; /* cannot happen: blank lines were skipped */
+            *why = NULL;
+            return (size_t)(cr + 2 - buf);
+        }
+        if (end - cr > 2 && (cr[2] == ' ' || cr[2] == '\t')) break;
+        line = cr + 2;
+    }
+    size_t head_len = sg_h1_head_length(buf, len);
+    *why = NULL;
+    if (head_len) {
+        size_t blank = sg_h1_skip_blank_lines(buf, head_len);
+        *why = sg_h1_check_head_bytes(buf + blank, head_len - blank);
+    }
+    return head_len;
+}
+
+/* sg_slice_trim, inlined for the per-header loop below: llhttp has
+ * already skipped the OWS before a value, so usually only the end moves. */
+static inline sg_slice_t trim_ows(sg_slice_t s)
+{
+    while (s.len && (s.base[0] == ' ' || s.base[0] == '\t')) s.base++, s.len--;
+    while (s.len && (s.base[s.len - 1] == ' ' || s.base[s.len - 1] == '\t')) s.len--;
+    return s;
+}
+
 static void materialise(sg_h1_parser_t *p, const char *base)
 {
     if (p->cap_headers < p->n_spans) {
@@ -278,7 +366,7 @@ static void materialise(sg_h1_parser_t *p, const char *base)
     for (size_t i = 0; i < p->n_spans; i++) {
         const sg_h1_span_t *s = &p->spans[i];
         p->headers[i].name = sg_slice(base + s->name_off, s->name_len);
-        p->headers[i].value = sg_slice_trim(sg_slice(base + s->value_off, s->value_len));
+        p->headers[i].value = trim_ows(sg_slice(base + s->value_off, s->value_len));
     }
 }
 

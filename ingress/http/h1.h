@@ -28,11 +28,13 @@ typedef struct {
     size_t n_spans, cap_spans, max_headers;
     uint32_t first_off, first_len; /* method / reason-phrase span */
     uint32_t target_off, target_len;
-    unsigned in_field : 1, in_value : 1, headers_done : 1, message_done : 1, too_many : 1;
-    unsigned named : 1;          /* the current header line has a name */
-    unsigned skip_body : 1;      /* response parser: caller says no body (HEAD) */
-    unsigned expect_upgrade : 1; /* response parser: request asked to upgrade */
-    sg_header_t *headers;        /* materialised view, reused */
+    /* Flags (0 or 1) as whole bytes rather than bit-fields: the header
+     * callbacks set and clear them once per header line each. */
+    uint8_t in_field, in_value, headers_done, message_done, too_many;
+    uint8_t named;          /* the current header line has a name */
+    uint8_t skip_body;      /* response parser: caller says no body (HEAD) */
+    uint8_t expect_upgrade; /* response parser: request asked to upgrade */
+    sg_header_t *headers;   /* materialised view, reused */
     size_t cap_headers;
 } sg_h1_parser_t;
 
@@ -61,6 +63,13 @@ size_t sg_h1_head_length(const char *buf, size_t len);
 /* Rejects shapes llhttp tolerates but a proxy must not forward: NUL bytes,
  * bare CR or LF, obs-fold continuation lines. Returns NULL or a reason. */
 const char *sg_h1_check_head_bytes(const char *head, size_t len);
+
+/* Both of the above for a head llhttp has reported complete, in one pass
+ * over its bytes: returns sg_h1_head_length(buf, len) and, when that is not
+ * 0, sets *why to sg_h1_check_head_bytes over the head without the blank
+ * lines before it (else to NULL). Same results as the two calls; a head
+ * with anything unusual in it is handed to them. */
+size_t sg_h1_head_scan(const char *buf, size_t len, const char **why);
 
 /* Builds the request/response view over base (the head buffer). */
 void sg_h1_request_view(sg_h1_parser_t *p, const char *base, sg_http_request_t *out);

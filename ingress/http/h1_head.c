@@ -40,11 +40,10 @@ sg_h1_head_step_t sg_h1_request_head_input(sg_h1_parser_t *p, const char *buf, s
             return request_error(out, SG_ERR_BAD_REQUEST, "HTTP/0.9 is not supported");
         return SG_H1_HEAD_MORE;
     }
-    size_t head_len = sg_h1_head_length(buf, len);
+    const char *why;
+    size_t head_len = sg_h1_head_scan(buf, len, &why);
     if (!head_len || head_len > max_head_bytes)
         return request_error(out, too_large(buf, len, max_head_bytes), NULL);
-    size_t blank = sg_h1_skip_blank_lines(buf, head_len);
-    const char *why = sg_h1_check_head_bytes(buf + blank, head_len - blank);
     if (why) return request_error(out, SG_ERR_BAD_REQUEST, why);
     sg_h1_request_view(p, buf, &out->request);
     out->has_view = 1;
@@ -164,11 +163,11 @@ sg_h1_head_step_t sg_h1_response_head_input(sg_h1_parser_t *p, const char *buf, 
     if (!p->headers_done)
         return len > SG_H1_MAX_RESPONSE_HEAD ? response_error(out, "response head too large")
                                              : SG_H1_HEAD_MORE;
-    size_t head_len = sg_h1_head_length(buf, len);
+    const char *why;
+    size_t head_len = sg_h1_head_scan(buf, len, &why);
     if (head_len > SG_H1_MAX_RESPONSE_HEAD) return response_error(out, "response head too large");
     if (!head_len) return response_error(out, "malformed response head");
     size_t start = sg_h1_skip_blank_lines(buf, head_len);
-    const char *why = sg_h1_check_head_bytes(buf + start, head_len - start);
     if (why) return response_error(out, why);
     int status = p->llhttp.status_code;
     if (p->llhttp.http_major != 1 || status < 100 || status > 999)

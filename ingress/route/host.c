@@ -1,5 +1,8 @@
 #include "route/host.h"
 
+#include <stdint.h>
+#include <string.h>
+
 /* Longest sandbox id accepted in the left-most label (E2B ids are shorter). */
 #define SG_HOST_ID_MAX 64
 /* Longest ":port" digit run accepted on the Host value itself. */
@@ -15,15 +18,28 @@ static int is_hex(unsigned char c)
     return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
 }
 
-static int is_name_char(unsigned char c)
-{
-    return is_digit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-' || c == '.';
-}
-
-static unsigned char to_lower(unsigned char c)
-{
-    return (c >= 'A' && c <= 'Z') ? (unsigned char)(c | 0x20) : c;
-}
+/* For each byte a host name may hold ([A-Za-z0-9.-]): its lower-case form
+ * in the low byte, plus HOST_NOT_NUMERIC for letters and '-' (what an IP
+ * address lacks). 0 for every other byte. One lookup checks, folds and
+ * classifies a byte. */
+#define HOST_NOT_NUMERIC 0x100u
+#define SAME(c) [c] = c
+#define LETTER(c)                                                                                  \
+    [c] = ((c) | 0x20) | HOST_NOT_NUMERIC, [(c) | 0x20] = ((c) | 0x20) | HOST_NOT_NUMERIC
+#define DIGITS                                                                                     \
+    SAME('0'), SAME('1'), SAME('2'), SAME('3'), SAME('4'), SAME('5'), SAME('6'), SAME('7'),        \
+        SAME('8'), SAME('9')
+#define LETTERS                                                                                    \
+    LETTER('A'), LETTER('B'), LETTER('C'), LETTER('D'), LETTER('E'), LETTER('F'), LETTER('G'),     \
+        LETTER('H'), LETTER('I'), LETTER('J'), LETTER('K'), LETTER('L'), LETTER('M'), LETTER('N'), \
+        LETTER('O'), LETTER('P'), LETTER('Q'), LETTER('R'), LETTER('S'), LETTER('T'), LETTER('U'), \
+        LETTER('V'), LETTER('W'), LETTER('X'), LETTER('Y'), LETTER('Z')
+static const uint16_t name_lower[256] = {
+    ['-'] = '-' | HOST_NOT_NUMERIC, SAME('.'), DIGITS, LETTERS};
+#undef SAME
+#undef LETTER
+#undef DIGITS
+#undef LETTERS
 
 static sg_err_t fail(const char **reason, sg_err_t err, const char *why)
 {
@@ -101,8 +117,8 @@ static size_t match_domain(const char *name, size_t len, char *const *domains, s
  * of [a-z0-9-] only. */
 static sg_err_t parse_label(const char *label, size_t len, sg_route_t *out, const char **reason)
 {
-    size_t dash = 0;
-    while (dash < len && label[dash] != '-') dash++;
+    const char *d = memchr(label, '-', len);
+    size_t dash = d ? (size_t)(d - label) : len;
     if (dash == len) return fail(reason, SG_ERR_HOST_MALFORMED, "label must be <port>-<id>");
     if (dash == 0) return fail(reason, SG_ERR_HOST_MALFORMED, "port missing before '-'");
 
@@ -120,8 +136,9 @@ static sg_err_t parse_label(const char *label, size_t len, sg_route_t *out, cons
         return fail(reason, SG_ERR_HOST_MALFORMED, "port must be 1..65535");
 
     const char *id = label + dash + 1;
-    size_t rest = len - dash - 1, id_len = 0;
-    while (id_len < rest && id[id_len] != '-') id_len++;
+    size_t rest = len - dash - 1;
+    const char *id_end = memchr(id, '-', rest);
+    size_t id_len = id_end ? (size_t)(id_end - id) : rest;
     if (id_len == 0) return fail(reason, SG_ERR_HOST_MALFORMED, "sandbox id is empty");
     if (id_len > SG_HOST_ID_MAX)
         return fail(reason, SG_ERR_HOST_MALFORMED, "sandbox id is longer than 64 characters");
@@ -147,53 +164,66 @@ sg_err_t sg_route_parse_host(sg_slice_t host, char *const *domains, size_t n_dom
 
     /* Split off ":port" at the first ':' so a bare IPv6 (many colons) fails
      * the digits check instead of being mistaken for a name. */
-    size_t name_len = 0;
-    while (name_len < host.len && host.base[name_len] != ':') name_len++;
-    if (name_len < host.len) {
-        const char *why = check_host_port(host.base + name_len + 1, host.len - name_len - 1);
+    const char *colon = memchr(host.base, ':', host.len);
+    size_t name_len = colon ? (size_t)(colon - host.base) : host.len;
+    if (colon) {
+        const char *why = check_host_port(colon + 1, host.len - name_len - 1);
         if (why) return fail(reason, SG_ERR_HOST_MALFORMED, why);
     }
-
-    for (size_t i = 0; i < name_len; i++) {
-        if (!is_name_char((unsigned char)host.base[i]))
-            return fail(reason, SG_ERR_HOST_MALFORMED,
-                        "Host may only contain letters, digits, '-' and '.'");
-    }
     if (name_len == 0) return fail(reason, SG_ERR_HOST_MALFORMED, "Host has a port but no name");
-    /* One trailing dot is the absolute form of the same name. */
-    if (host.base[name_len - 1] == '.') name_len--;
-    if (name_len > SG_HOST_MAX)
+    static const char bad_chars[] = "Host may only contain letters, digits, '-' and '.'";
+    /* One trailing dot is the absolute form of the same name (a dot is a
+     * valid byte, so the checks below cover every byte that can be bad). */
+    size_t n = name_len - (host.base[name_len - 1] == '.');
+    if (n > SG_HOST_MAX) {
+        for (size_t i = 0; i < n; i++) /* the bad-byte reason comes first */
+            if (!name_lower[(unsigned char)host.base[i]])
+                return fail(reason, SG_ERR_HOST_MALFORMED, bad_chars);
         return fail(reason, SG_ERR_HOST_MALFORMED, "Host is longer than 253 characters");
+    }
 
-    int all_numeric = 1;
-    for (size_t i = 0; i < name_len; i++) {
-        unsigned char c = (unsigned char)host.base[i];
-        if (c == '.' && (i == 0 || host.base[i - 1] == '.' || i + 1 == name_len)) {
+    /* One pass checks, lower-cases and classifies each byte; the checks
+     * after it keep their order: bad bytes first, then empty labels, a name
+     * of just a dot, an IP address. */
+    unsigned seen = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned t = name_lower[(unsigned char)host.base[i]];
+        if (!t) {
+            lower[0] = '\0';
+            return fail(reason, SG_ERR_HOST_MALFORMED, bad_chars);
+        }
+        lower[i] = (char)(t & 0xff);
+        seen |= t;
+    }
+    /* Dots are few: visit them to find the first, and the first that starts
+     * the name, ends it or follows another (an empty label). */
+    size_t first_dot = SIZE_MAX;
+    for (const char *d = memchr(lower, '.', n); d;
+         d = memchr(d + 1, '.', (size_t)(lower + n - d - 1))) {
+        size_t i = (size_t)(d - lower);
+        if (first_dot == SIZE_MAX) first_dot = i;
+        if (i == 0 || lower[i - 1] == '.' || i + 1 == n) {
             lower[i] = '\0';
             return fail(reason, SG_ERR_HOST_MALFORMED, "Host has an empty label");
         }
-        if (!is_digit(c) && c != '.') all_numeric = 0;
-        lower[i] = (char)to_lower(c);
     }
-    if (name_len == 0) return fail(reason, SG_ERR_HOST_MALFORMED, "Host is only a dot");
-    lower[name_len] = '\0';
-    if (all_numeric)
+    if (n == 0) return fail(reason, SG_ERR_HOST_MALFORMED, "Host is only a dot");
+    lower[n] = '\0';
+    if (!(seen & HOST_NOT_NUMERIC))
         return fail(reason, SG_ERR_HOST_UNKNOWN_DOMAIN, "IP addresses are not sandbox hosts");
 
     size_t index = 0;
     int exact = 0;
-    size_t dom_len = match_domain(lower, name_len, domains, n_domains, &index, &exact);
+    size_t dom_len = match_domain(lower, n, domains, n_domains, &index, &exact);
     if (dom_len == 0)
         return fail(reason, SG_ERR_HOST_UNKNOWN_DOMAIN, "Host is not under a served domain");
     /* The bare domain does not end in ".<domain>": it is not a sandbox host. */
     if (exact)
         return fail(reason, SG_ERR_HOST_UNKNOWN_DOMAIN, "the domain itself names no sandbox");
 
-    size_t label_len = name_len - dom_len - 1;
-    for (size_t i = 0; i < label_len; i++) {
-        if (lower[i] == '.')
-            return fail(reason, SG_ERR_HOST_MALFORMED, "more than one label before the domain");
-    }
+    size_t label_len = n - dom_len - 1;
+    if (first_dot < label_len)
+        return fail(reason, SG_ERR_HOST_MALFORMED, "more than one label before the domain");
 
     sg_route_t r;
     sg_err_t err = parse_label(lower, label_len, &r, reason);
