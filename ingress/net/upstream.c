@@ -194,7 +194,7 @@ int sg_upstream_get(sg_upstream_pool_t *pool, const char *key, size_t key_len,
     for (sg_upstream_t *up = opts->fresh ? NULL : pool->buckets[bucket]; up; up = up->idle_next) {
         if (up->key_len != key_len || memcmp(up->key, key, key_len) != 0) continue;
         idle_unlink(up);
-        uv_timer_stop(&up->timer);
+        /* The idle timer stays armed (see idle_timeout_cb). */
         /* Reading stays on: the caller's read_start in this same tick only
          * swaps the callback, saving two epoll_ctl calls per request. */
         up->state = SG_UP_ACTIVE;
@@ -248,9 +248,19 @@ static void idle_read_cb(sg_stream_t *s, ssize_t nread, sg_buf_t *buf)
     upstream_destroy((sg_upstream_t *)s);
 }
 
+/* Armed lazily: taking a connection from the pool leaves the timer running
+ * and releasing it re-arms it only when it is not running, so a busy pooled
+ * connection touches its timer about once per idle period, not per request. */
 static void idle_timeout_cb(uv_timer_t *t)
 {
-    upstream_destroy(t->data);
+    sg_upstream_t *up = t->data;
+    if (up->state != SG_UP_IDLE) return; /* in use: release re-arms */
+    uint64_t now = uv_now(up->pool->loop), due = up->idle_since + up->pool->idle_timeout_ms;
+    if (now < due) {
+        uv_timer_start(&up->timer, idle_timeout_cb, due - now, 0);
+        return;
+    }
+    upstream_destroy(up);
 }
 
 void sg_upstream_release(sg_upstream_t *up, int reusable)
@@ -278,7 +288,9 @@ void sg_upstream_release(sg_upstream_t *up, int reusable)
         upstream_destroy(up);
         return;
     }
-    uv_timer_start(&up->timer, idle_timeout_cb, pool->idle_timeout_ms, 0);
+    up->idle_since = uv_now(pool->loop);
+    if (!uv_is_active((uv_handle_t *)&up->timer))
+        uv_timer_start(&up->timer, idle_timeout_cb, pool->idle_timeout_ms, 0);
 }
 
 void sg_upstream_pool_close(sg_upstream_pool_t *pool)

@@ -39,7 +39,8 @@ struct sg_upstream_s {
     size_t bucket;
     struct sockaddr_storage addr;
     sg_upstream_opts_t opts;
-    uint64_t deadline; /* end of the retry window (loop time, ms) */
+    uint64_t deadline;   /* end of the retry window (loop time, ms) */
+    uint64_t idle_since; /* loop time of the last release to the pool */
     unsigned attempts;
     unsigned backoff_ms;
     int last_error;

@@ -14,20 +14,18 @@ static int at_port_var(sg_slice_t s, size_t i)
 void sg_mask_expand(sg_strbuf_t *out, sg_slice_t tmpl, uint16_t port)
 {
     if (tmpl.len == 0) return;
-    char digits[8];
-    int n = snprintf(digits, sizeof(digits), "%u", (unsigned)port);
-    size_t run = 0; /* start of the pending literal run */
-    for (size_t i = 0; i < tmpl.len;) {
-        if (tmpl.base[i] == '$' && at_port_var(tmpl, i)) {
-            sg_strbuf_append(out, tmpl.base + run, i - run);
-            sg_strbuf_append(out, digits, (size_t)n);
-            i += port_var.len;
-            run = i;
-        } else {
-            i++;
+    const char *p = tmpl.base, *end = tmpl.base + tmpl.len;
+    for (const char *d; (d = memchr(p, '$', (size_t)(end - p))) != NULL;) {
+        if (!at_port_var(tmpl, (size_t)(d - tmpl.base))) {
+            sg_strbuf_append(out, p, (size_t)(d + 1 - p));
+            p = d + 1;
+            continue;
         }
+        sg_strbuf_append(out, p, (size_t)(d - p));
+        sg_strbuf_append_uint(out, port);
+        p = d + port_var.len;
     }
-    sg_strbuf_append(out, tmpl.base + run, tmpl.len - run);
+    sg_strbuf_append(out, p, (size_t)(end - p));
 }
 
 static int is_mask_char(unsigned char c)
