@@ -189,16 +189,16 @@ static void pump(sg_splice_t *sp)
     }
 }
 
+/* A socket error (a reset, say) arrives as status UV_EBADF: libuv's word for
+ * POLLERR, which also stops the handle. Pumping anyway lets the splice call
+ * report the socket's own error (EPIPE, ECONNRESET), which is what the owner
+ * logs; pump re-arms the watch if the socket merely became ready. */
 static void on_poll(uv_poll_t *h, int status, int events)
 {
     sg_splice_t *sp = h->data;
+    (void)status;
     (void)events;
-    if (!sp->active || sp->pumping) return;
-    if (status < 0) {
-        finish(sp, status);
-        return;
-    }
-    pump(sp);
+    if (sp->active && !sp->pumping) pump(sp);
 }
 
 static void kick_cb(uv_idle_t *h)
