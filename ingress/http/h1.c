@@ -253,6 +253,7 @@ void sg_h1_free(sg_h1_parser_t *p)
     free(p->headers);
     p->spans = NULL;
     p->headers = NULL;
+    p->cap_spans = p->cap_headers = 0; /* the next parse grows them afresh */
 }
 
 llhttp_errno_t sg_h1_execute(sg_h1_parser_t *p, const char *base, const char *data, size_t len,

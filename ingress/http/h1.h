@@ -42,6 +42,7 @@ typedef struct {
 void sg_h1_init(sg_h1_parser_t *p, llhttp_type_t type, size_t max_headers);
 /* Ready for the next message (keeps allocated arrays). */
 void sg_h1_reset(sg_h1_parser_t *p, llhttp_type_t type);
+/* Frees the arrays; the parser may be used again (they grow afresh). */
 void sg_h1_free(sg_h1_parser_t *p);
 
 /* Parses len bytes at data. Stops after a complete message (message_done

@@ -97,7 +97,6 @@ static inline void parser_move(sg_spare_kit_t *k, int i, sg_h1_parser_t *p)
     if (p->cap_spans * sizeof(*p->spans) > SG_SPARE_MAX_BYTES ||
         p->cap_headers * sizeof(*p->headers) > SG_SPARE_MAX_BYTES) {
         sg_h1_free(p);
-        p->cap_spans = p->cap_headers = 0;
     }
     k->spans[i] = p->spans;
     k->cap_spans[i] = p->cap_spans;
@@ -151,7 +150,6 @@ static void give_request_buffers(sg_conn_t *c)
         if (!c->client_writes) sg_strbuf_free(&c->res_out);
         sg_h1_free(&c->req);
         sg_h1_free(&c->res);
-        c->req.cap_spans = c->req.cap_headers = c->res.cap_spans = c->res.cap_headers = 0;
         return;
     }
     /* Every field of k is written: holders are not cleared. */
