@@ -154,7 +154,7 @@ def test_slow_reader_gets_every_spliced_byte(ops_factory, backends):
     assert spliced(sg) > 2 * MIB
 
 
-def test_upstream_stays_silent_while_client_is_idle_after_splice(ops_factory, backends):
+def test_client_idle_after_spliced_body_times_out_cleanly(ops_factory, backends):
     """After a spliced body the client connection times out like any idle
     keep-alive connection, and closes cleanly."""
     a, _ = backends

@@ -26,6 +26,7 @@
 #include "core/log.h"
 #include "route/store.h"
 #include "route/store_internal.h"
+#include "test_sockaddr.h"
 
 /* ---- helpers ----------------------------------------------------------- */
 
@@ -68,17 +69,7 @@ static void sha256(const char *s, unsigned char out[32])
 static sg_sandbox_t *mkrec(const char *id, const char *ip, const char *mask, const char *token,
                            unsigned maxc)
 {
-    struct sockaddr_storage ss;
-    memset(&ss, 0, sizeof(ss));
-    if (strchr(ip, ':')) {
-        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
-        in6->sin6_family = AF_INET6;
-        assert_int_equal(inet_pton(AF_INET6, ip, &in6->sin6_addr), 1);
-    } else {
-        struct sockaddr_in *in = (struct sockaddr_in *)&ss;
-        in->sin_family = AF_INET;
-        assert_int_equal(inet_pton(AF_INET, ip, &in->sin_addr), 1);
-    }
+    struct sockaddr_storage ss = sa(ip);
     sg_sandbox_t *sb = sg_sandbox_new(sg_slice_cstr(id), &ss, mask);
     if (token) {
         sb->has_token = 1;
