@@ -266,7 +266,11 @@ static void idle_timeout_cb(uv_timer_t *t)
 void sg_upstream_release(sg_upstream_t *up, int reusable)
 {
     sg_upstream_pool_t *pool = up->pool;
-    if (!reusable || pool->closing || up->stream.write_queue_bytes) {
+    /* Not stream.write_queue_bytes: it also counts writes that finished in
+     * this loop turn and await their deferred callback, which is the normal
+     * state when a fast sandbox answers a request within the same turn. */
+    if (!reusable || pool->closing ||
+        uv_stream_get_write_queue_size((const uv_stream_t *)&up->stream.tcp)) {
         upstream_destroy(up);
         return;
     }

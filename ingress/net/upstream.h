@@ -97,8 +97,11 @@ void sg_upstream_cancel(sg_upstream_t *up);
 
 /* Returns an owned connection after a request. reusable=1 parks it in the
  * pool (read side watched for close, idle timer armed); 0 closes it. The
- * caller must not touch it afterwards. Pending writes must have completed
- * when reusable=1. */
+ * caller must not touch it afterwards. A connection with bytes still waiting
+ * in libuv's write queue is closed even when reusable=1 (the sandbox answered
+ * before it had the whole request). Writes the kernel already took but whose
+ * callbacks have not run yet (deferred to the check phase) do not count:
+ * those callbacks still fire, for the writer that submitted them. */
 void sg_upstream_release(sg_upstream_t *up, int reusable);
 
 /* Closes the idle pooled connections to addr's IP address, on any port (all
