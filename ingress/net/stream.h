@@ -81,12 +81,12 @@ struct sg_stream_s {
  * rest belong to the stream), 0 when it needs more (all taken), or -1 when
  * it was rejected. Clears s->preamble once done. */
 /* For implementations (TLS): the direct-write path of
- * sg_stream_tcp_loop_init. try_write writes what the socket takes now
- * (bytes written, or UV_EAGAIN when the loop has no queue, the stream is
- * closing, or writes are queued); defer_done queues w's callback (status 0,
+ * sg_stream_tcp_loop_init. try_write writes what the socket takes now of
+ * bufs[0..n) in one writev (bytes written, or UV_EAGAIN when the loop has no
+ * queue, the stream is closing, or writes are queued); defer_done queues w's callback (status 0,
  * write_queue_bytes lowered by w->bytes first) for the loop's check phase,
  * returning -1 when this loop has no queue. */
-int sg_stream__try_write(sg_stream_t *s, const uv_buf_t *buf);
+int sg_stream__try_write(sg_stream_t *s, const uv_buf_t *bufs, unsigned n);
 int sg_stream__defer_done(sg_stream_t *s, sg_stream_write_t *w);
 int sg_stream__preamble_feed(sg_stream_t *s, const char *data, size_t len, size_t *used);
 void sg_stream__preamble_free(sg_stream_t *s);

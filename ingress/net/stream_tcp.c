@@ -159,11 +159,11 @@ static void defer_done(done_queue_t *q, sg_stream_write_t *w)
     uv_idle_start(&q->idle, done_idle_cb);
 }
 
-int sg_stream__try_write(sg_stream_t *s, const uv_buf_t *buf)
+int sg_stream__try_write(sg_stream_t *s, const uv_buf_t *bufs, unsigned n)
 {
     done_queue_t *q = tls_done;
     if (!q || q->loop != s->tcp.loop || s->closing) return UV_EAGAIN;
-    return uv_try_write((uv_stream_t *)&s->tcp, buf, 1);
+    return uv_try_write((uv_stream_t *)&s->tcp, bufs, n);
 }
 
 int sg_stream__defer_done(sg_stream_t *s, sg_stream_write_t *w)

@@ -225,37 +225,47 @@ static void chunk_write_cb(uv_write_t *req, int status)
 }
 
 /* Submits every produced chunk; the last one carries `user` (may be NULL
- * for handshake and alert bytes). Returns 0 or a libuv error. */
+ * for handshake and alert bytes). Returns 0 or a libuv error. One writev
+ * offers all chunks (up to SG_TLS_FLUSH_IOV) to the socket: chunks it takes
+ * whole need no write request (see sg_stream_tcp_loop_init: each completed
+ * uv_write costs an epoll_ctl); the first one it does not take whole, and
+ * every later one, go through uv_write so the order holds. */
+#define SG_TLS_FLUSH_IOV 16
 static int flush_tx(sg_tls_stream_t *s, sg_stream_write_t *user)
 {
     if (s->tx_cur && s->tx_cur->len) tx_push(s);
-    int rc = 0, direct = 1;
+    uv_buf_t iov[SG_TLS_FLUSH_IOV];
+    unsigned niov = 0;
+    for (size_t i = 0; i < s->n_tx_ready && niov < SG_TLS_FLUSH_IOV; i++)
+        iov[niov++] = uv_buf_init((char *)(s->tx_ready[i] + 1), (unsigned)s->tx_ready[i]->len);
+    int taken = niov ? sg_stream__try_write(&s->base, iov, niov) : UV_EAGAIN;
+    /* direct while chunks complete without a request: try_write answered
+     * (so the loop has a deferred-callback queue and nothing was queued
+     * before), and no earlier chunk of this flush went to uv_write */
+    int direct = taken >= 0;
+    size_t left = taken > 0 ? (size_t)taken : 0;
+    int rc = 0;
     for (size_t i = 0; i < s->n_tx_ready; i++) {
         tls_chunk_t *c = s->tx_ready[i];
         int last = i + 1 == s->n_tx_ready;
         c->user = last ? user : NULL;
         c->req.data = c;
         uv_buf_t b = uv_buf_init((char *)(c + 1), (unsigned)c->len);
-        if (!rc && direct && c->len) {
-            /* Records the socket takes at once need no write request (see
-             * sg_stream_tcp_loop_init: each completed uv_write costs an
-             * epoll_ctl). The first one it does not take whole, and every
-             * later one, go through uv_write so the order holds. */
-            int n = sg_stream__try_write(&s->base, &b);
-            if (n == (int)c->len) {
-                sg_buf_unref(c->buf);
-                if (c->user && sg_stream__defer_done(&s->base, c->user) != 0) {
-                    s->base.write_queue_bytes -= c->user->bytes;
-                    c->user->cb(c->user, 0); /* unreachable: try_write needs the queue */
-                }
-                continue;
+        if (!rc && direct && left >= c->len) {
+            left -= c->len;
+            sg_buf_unref(c->buf);
+            if (c->user && sg_stream__defer_done(&s->base, c->user) != 0) {
+                s->base.write_queue_bytes -= c->user->bytes;
+                c->user->cb(c->user, 0); /* unreachable: direct needs the queue */
             }
-            direct = 0;
-            if (n > 0) {
-                b.base += n;
-                b.len -= (size_t)n;
-            }
+            continue;
         }
+        if (left) {
+            b.base += left;
+            b.len -= left;
+            left = 0;
+        }
+        direct = 0;
         int r = rc ? rc : uv_write(&c->req, (uv_stream_t *)&s->base.tcp, &b, 1, chunk_write_cb);
         if (r) {
             rc = r;
@@ -347,8 +357,11 @@ static int tx_seal(sg_tls_stream_t *s, uint8_t type, const char *data, size_t le
         size_t room = tx_room(c);
         size_t n = len < SG_TLS_MAX_PLAINTEXT ? len : SG_TLS_MAX_PLAINTEXT;
         if (room < n + SG_TLS_RECORD_OVERHEAD) {
-            /* Split across chunks, but never into slivers. */
-            if (c->len && room < SG_TLS_RECORD_OVERHEAD + 4096) {
+            /* A record never shrinks to fill a chunk's tail: full-size
+             * records cost the peer (and us) one AEAD pass each, and a
+             * 64 KiB read would otherwise leave a sliver record behind.
+             * flush_tx sends the chunks in one writev anyway. */
+            if (c->len) {
                 tx_push(s);
                 continue;
             }

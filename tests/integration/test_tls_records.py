@@ -44,6 +44,7 @@ for name, res, args in [
     ("SSL_shutdown", ctypes.c_int, [_P]),
     ("SSL_get_current_cipher", _P, [_P]),
     ("SSL_CIPHER_get_name", ctypes.c_char_p, [_P]),
+    ("SSL_CTX_set_msg_callback", None, [_P, _P]),
 ]:
     f = getattr(_ssl, name)
     f.restype, f.argtypes = res, args
@@ -52,6 +53,11 @@ SSL_CTRL_SET_TLSEXT_HOSTNAME = 55
 SSL_CTRL_SET_MIN_PROTO_VERSION = 123
 TLS1_3_VERSION = 0x0304
 SSL_ERROR_ZERO_RETURN = 6
+SSL3_RT_HEADER = 0x100
+# void cb(int write_p, int version, int content_type, const void *buf,
+#         size_t len, SSL *ssl, void *arg)
+MSG_CB = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_int, ctypes.c_int, _P, ctypes.c_size_t,
+                          _P, _P)
 
 
 class OsslConn:
@@ -59,7 +65,8 @@ class OsslConn:
     SockReader and Conn.read_response. No certificate verification: these
     tests are about records, not about trust."""
 
-    def __init__(self, port, sni, suite=None, padding=0, timeout=10.0, sock=None):
+    def __init__(self, port, sni, suite=None, padding=0, timeout=10.0, sock=None,
+                 record_sizes=False):
         if sock is None:
             sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -76,6 +83,11 @@ class OsslConn:
             assert _ssl.SSL_CTX_set_ciphersuites(self.ctx, suite.encode()) == 1
         if padding:
             assert _ssl.SSL_CTX_set_block_padding(self.ctx, padding) == 1
+        # record_sizes: the length field of every record received, in order
+        self.records = []
+        self._msg_cb = MSG_CB(self._on_msg) if record_sizes else None
+        if self._msg_cb:
+            _ssl.SSL_CTX_set_msg_callback(self.ctx, ctypes.cast(self._msg_cb, _P))
         self.ssl = _ssl.SSL_new(self.ctx)
         _ssl.SSL_set_fd(self.ssl, self.raw.fileno())
         _ssl.SSL_ctrl(self.ssl, SSL_CTRL_SET_TLSEXT_HOSTNAME, 0, ctypes.c_char_p(sni.encode()))
@@ -84,6 +96,11 @@ class OsslConn:
             raise OSError("handshake failed")
         self.reader = SockReader(self)
         self.buf = ctypes.create_string_buffer(65536)
+
+    def _on_msg(self, write_p, version, content_type, buf, length, ssl, arg):
+        if not write_p and content_type == SSL3_RT_HEADER and length == 5:
+            hdr = ctypes.string_at(buf, 5)
+            self.records.append(struct.unpack(">H", hdr[3:5])[0])
 
     def cipher(self):
         return _ssl.SSL_CIPHER_get_name(_ssl.SSL_get_current_cipher(self.ssl)).decode()
@@ -177,6 +194,39 @@ def test_each_suite_requests_bodies_and_key_updates(tls_sg, backends, suite):
         for _ in range(5):
             c.key_update(requested=True)
         assert c.request("GET", "/echo?after=updates", host).status == 200
+
+
+def test_whole_reads_go_out_as_full_size_records(tls_sg, backends):
+    """A 64 KiB read from the sandbox leaves as four full 16 KiB records in
+    one writev, not as three full ones, a shrunken one and a sliver (a
+    ciphertext buffer holds a little less than four records): one record
+    fewer to seal and to open per read. The sandbox paces 64 KiB blocks so
+    that each arrives in one read."""
+    a, _ = backends
+    sg = tls_sg
+    block, blocks = 65536, 8
+    body = os.urandom(block * blocks)
+
+    def paced(backend, req):
+        req.hash_body()
+        req.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+        for i in range(blocks):
+            time.sleep(0.05 * SCALE)
+            req.send(body[i * block:(i + 1) * block])
+        return True
+
+    a.route("/paced", paced)
+    with OsslConn(sg.tls_port, "%d-abc.sandbox.test" % a.port, record_sizes=True) as c:
+        r = c.request("GET", "/paced", sg.tls_host(a.port))
+        assert r.status == 200 and r.body == body
+        full = 16384 + 1 + 16  # plaintext, content type, AEAD tag
+        assert max(c.records) == full, c.records
+        # Body records below full size: none when every block came in one
+        # read (64 KiB is four records); a block split across two reads
+        # makes at most two. The old layout made one shrunken record (and a
+        # sliver) per block.
+        shrunken = [n for n in c.records if 1000 < n < full]
+        assert len(shrunken) <= 2, c.records
 
 
 def test_tampered_record_gets_an_alert_and_close(tls_sg, backends):
