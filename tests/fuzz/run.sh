@@ -56,6 +56,8 @@ SRCS[dns_txt]="route/dns_txt.c route/sandbox.c route/mask.c egress/policy.c core
 LIBS[dns_txt]="-ljansson -lcrypto"
 SRCS[sni]="egress/sniff.c core/slice.c"
 SRCS[http_host]="llhttp egress/sniff.c core/slice.c"
+SRCS[tls_record]="tls/record.c"
+LIBS[tls_record]="-lcrypto"
 DICT[http_host]=http.dict
 ALL_LIBS="-luv -lcares -lyaml -ljansson -lssl -lcrypto -lpthread"
 
