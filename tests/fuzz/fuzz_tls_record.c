@@ -15,11 +15,12 @@
  *               padding removal;
  *   2 tampered: like 1, then one byte (position and mask from the input) is
  *               changed: open must fail;
- *   3 key update: 5 message bytes from the input sealed as a handshake
- *               record: a well-formed KeyUpdate renews the server's read
- *               keys (the client renews its write keys to match and, when
- *               asked, the server's reply must open on the client); anything
- *               else is an alert;
+ *   3 key update: a shape byte (well-formed either way, one byte replaced
+ *               from the input, or all five from the input) sealed as a
+ *               handshake record: a well-formed KeyUpdate renews the
+ *               server's read keys (the client renews its write keys to
+ *               match and, when asked, the server's reply must open on the
+ *               client); anything else is an alert;
  *   4 reply:    2-byte length: the server seals that many bytes, the client
  *               opens them unchanged;
  *   5 keylog:   a NUL- or end-terminated line for sg_tls__rec_parse_keylog.
@@ -135,10 +136,21 @@ static int key_update(input_t *in, sg_tls_rec_t *server, sg_tls_rec_t *client)
     uint8_t msg[5] = {SG_TLS_HS_KEY_UPDATE, 0, 0, 1, 0};
     uint8_t shape = 0;
     take(in, &shape, 1);
-    if (shape & 1)
-        fill(in, msg, sizeof(msg)); /* arbitrary; else well-formed */
-    else
-        msg[4] = shape >> 1 & 1;
+    switch (shape % 4) {
+    case 0: /* well-formed, update_not_requested */
+        break;
+    case 1: /* well-formed, update_requested */
+        msg[4] = 1;
+        break;
+    case 2: { /* one field off: reaches each check on its own */
+        uint8_t v = 0;
+        take(in, &v, 1);
+        msg[(shape >> 2) % sizeof(msg)] = v;
+        break;
+    }
+    default: /* anything */
+        fill(in, msg, sizeof(msg));
+    }
     size_t n = sg_tls__rec_seal(client, SG_TLS_CT_HANDSHAKE, msg, sizeof(msg), rec);
     CHECK(n);
     size_t out_len = 0;

@@ -183,24 +183,40 @@ echo "== built ${#harnesses[@]} harnesses in $(($(date +%s) - t0)) s"
 # ---- run -------------------------------------------------------------------
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:symbolize=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+# Harnesses run FUZZ_RUN_JOBS at a time (default: one per core); each is
+# single-threaded, so on 2 cores the step takes half the wall time.
+RUN_JOBS=${FUZZ_RUN_JOBS:-$(nproc)}
+run_one() {
+    local h=$1 scratch=$OUT/corpus/$1 crashes=$OUT/crashes/$1 log=$OUT/logs/$1.log rc=0
+    local opts=(-max_total_time="$SECONDS_PER" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
+        -artifact_prefix="$crashes/")
+    if [[ -n ${DICT[$h]:-} && -f $FUZZ/${DICT[$h]} ]]; then opts+=(-dict="$FUZZ/${DICT[$h]}"); fi
+    "$OUT/fuzz_$h" "${opts[@]}" "$scratch" >"$log" 2>&1 || rc=$?
+    echo "$rc" >"$OUT/logs/$h.rc"
+}
+running=()
+for h in "${harnesses[@]}"; do
+    scratch=$OUT/corpus/$h
+    rm -rf "$scratch" "$OUT/logs/$h.rc"
+    mkdir -p "$scratch" "$OUT/crashes/$h"
+    if [[ -d $FUZZ/corpus/$h ]]; then cp -r "$FUZZ/corpus/$h/." "$scratch/"; fi
+    echo "== fuzz_$h (${SECONDS_PER}s, $(find "$scratch" -type f | wc -l) seeds)"
+    run_one "$h" &
+    running+=($!)
+    if [[ ${#running[@]} -ge $RUN_JOBS ]]; then
+        wait "${running[0]}" || true
+        running=("${running[@]:1}")
+    fi
+done
+for p in "${running[@]}"; do wait "$p" || true; done
 failed=()
 summary=()
 for h in "${harnesses[@]}"; do
-    scratch=$OUT/corpus/$h
-    crashes=$OUT/crashes/$h
     log=$OUT/logs/$h.log
-    rm -rf "$scratch"
-    mkdir -p "$scratch" "$crashes"
-    if [[ -d $FUZZ/corpus/$h ]]; then cp -r "$FUZZ/corpus/$h/." "$scratch/"; fi
-    opts=(-max_total_time="$SECONDS_PER" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
-        -artifact_prefix="$crashes/")
-    if [[ -n ${DICT[$h]:-} && -f $FUZZ/${DICT[$h]} ]]; then opts+=(-dict="$FUZZ/${DICT[$h]}"); fi
-    echo "== fuzz_$h (${SECONDS_PER}s, $(find "$scratch" -type f | wc -l) seeds)"
-    rc=0
-    "$OUT/fuzz_$h" "${opts[@]}" "$scratch" >"$log" 2>&1 || rc=$?
+    rc=$(cat "$OUT/logs/$h.rc" 2>/dev/null || echo "?")
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     summary+=("$(printf '%-16s execs=%-10s rc=%s' "$h" "${execs:-?}" "$rc")")
-    if [[ $rc -ne 0 ]]; then
+    if [[ $rc != 0 ]]; then
         failed+=("$h")
         echo "!! fuzz_$h failed (exit $rc); log: $log"
         grep -E '^(==[0-9]+==ERROR|SUMMARY|.*CHECK failed|.*runtime error)' "$log" | head -5 || true
