@@ -1,7 +1,8 @@
 /* Moves an exact number of bytes from one plain TCP stream's socket to
  * another's with splice(2) through a pipe: the kernel hands pages from one
  * socket to the other, nothing is copied in user space or held in a read
- * buffer. The relay uses it for large response bodies of known length.
+ * buffer. The relay uses it for large bodies of known length: responses
+ * (sandbox -> client) and uploads (client -> sandbox).
  *
  * Preconditions: both streams are plain TCP (no TLS, no preamble), `from` is
  * not reading and every byte written to `to` so far is already in the kernel

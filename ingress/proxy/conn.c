@@ -270,7 +270,8 @@ int sg_conn_is_idle(const sg_conn_t *c)
 void sg_conn_update_reading(sg_conn_t *c)
 {
     if (c->closing) return;
-    int want = !c->client_paused && !c->client_eof && c->inbuf.len < SG_INBUF_CAP;
+    int want =
+        !c->client_paused && !c->client_eof && !c->client_spliced && c->inbuf.len < SG_INBUF_CAP;
     if (want && !c->client_reading) {
         if (sg_stream_read_start(&c->client, client_read_cb) == 0) c->client_reading = 1;
     } else if (!want && c->client_reading) {
@@ -490,14 +491,20 @@ void sg_conn_feed_body(sg_conn_t *c, const char *data, size_t len, sg_buf_t *buf
         return;
     }
     if (c->req.message_done) {
-        c->req_done = 1;
         if (consumed < len) sg_strbuf_append(&c->inbuf, data + consumed, len - consumed);
-        if (c->res_done)
-            sg_conn_request_finished(c);
-        else if (!c->res.headers_done)
-            sg_conn_arm_timer(c, SG_TIMER_RESPONSE,
-                              c->w->config->timeouts.upstream_response_head_ms);
+        sg_conn_request_sent(c);
+        return;
     }
+    sg_relay_splice_request_body(c);
+}
+
+void sg_conn_request_sent(sg_conn_t *c)
+{
+    c->req_done = 1;
+    if (c->res_done)
+        sg_conn_request_finished(c);
+    else if (!c->res.headers_done)
+        sg_conn_arm_timer(c, SG_TIMER_RESPONSE, c->w->config->timeouts.upstream_response_head_ms);
 }
 
 static void on_sandbox(sg_conn_t *c, sg_err_t err, sg_sandbox_t *sb);

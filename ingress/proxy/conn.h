@@ -110,7 +110,8 @@ struct sg_conn_s {
     unsigned closing : 1;
     unsigned client_reading : 1;
     unsigned counted_request : 1;
-    unsigned body_streamed : 1; /* body bytes went upstream after req_out */
+    unsigned body_streamed : 1;  /* body bytes went upstream after req_out */
+    unsigned client_spliced : 1; /* a request body splice reads the client socket */
     unsigned tunnel_close_pending : 1;
     unsigned counted_active : 1; /* holds one of sandbox->active */
     unsigned in_request : 1;     /* bytes of a request arrived and it is not logged yet */
@@ -151,6 +152,9 @@ void sg_conn_release_slot(sg_conn_t *c);
 void sg_conn_client_flushed(sg_conn_t *c);
 void sg_conn_upstream_ready(sg_conn_t *c, sg_upstream_t *up, int from_pool);
 void sg_conn_feed_body(sg_conn_t *c, const char *data, size_t len, sg_buf_t *buf);
+/* The whole request body reached the upstream (parser or splice): finish
+ * the request if its response is done, else wait for the response head. */
+void sg_conn_request_sent(sg_conn_t *c);
 void sg_conn_get_upstream(sg_conn_t *c, int fresh);
 
 /* observe.c: per-request metrics and the access log line; once per
@@ -164,6 +168,9 @@ void sg_relay_write_strbuf(sg_conn_t *c, int to_upstream, sg_strbuf_t *sb);
 void sg_relay_upstream_read_cb(sg_stream_t *s, ssize_t nread, sg_buf_t *buf);
 void sg_relay_tunnel_client_data(sg_conn_t *c, ssize_t nread, sg_buf_t *buf);
 void sg_relay_detach_upstream(sg_conn_t *c, int reusable);
+/* After body bytes were forwarded: hands the rest of a large Content-Length
+ * request body to splice(2) when both sockets are plain (see relay.c). */
+void sg_relay_splice_request_body(sg_conn_t *c);
 void sg_fwd_write_free_all(sg_worker_t *w);
 
 #endif

@@ -156,6 +156,11 @@ void sg_metrics_render(const sg_worker_t *w, unsigned n, int draining, sg_strbuf
            "(part of sandgate_bytes_total{direction=\"out\"}).");
     sg_strbuf_appendf(o, "sandgate_spliced_bytes_total %llu\n",
                       (unsigned long long)W(stats.bytes_spliced));
+    header(o, "sandgate_spliced_request_bytes_total", "counter",
+           "Request body bytes moved from clients to sandboxes by splice(2), never copied to user "
+           "space (part of sandgate_bytes_total{direction=\"in\"}).");
+    sg_strbuf_appendf(o, "sandgate_spliced_request_bytes_total %llu\n",
+                      (unsigned long long)W(stats.bytes_spliced_in));
 
     histogram(o, w, n, "sandgate_first_byte_seconds",
               "From request head to the sandbox's response head.",

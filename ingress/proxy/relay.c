@@ -17,8 +17,9 @@
 #define SG_LOW_WATER (128 * 1024)
 #define SG_MAX_WRITES 16
 
-/* Response bodies with at least this many bytes still to come, of known
- * length, between plain sockets, move by splice(2) (net/splice.h): below
+/* Bodies (responses and uploads) with at least this many bytes still to
+ * come, of known length, between plain sockets, move by splice(2)
+ * (net/splice.h); one splice per connection at a time: below
  * it the pipe and descriptor set-up costs more than the copies it saves. */
 #define SG_SPLICE_MIN (64 * 1024)
 
@@ -190,8 +191,11 @@ void sg_relay_detach_upstream(sg_conn_t *c, int reusable)
     sg_upstream_t *up = c->up;
     if (!up) return;
     if (c->splice) {
-        sg_splice_stop(c->splice); /* only while closing: a cut body */
+        /* A cut body: the upstream goes (a request body still coming, or a
+         * response body cut short) and the connection with it, or lingers. */
+        sg_splice_stop(c->splice);
         c->splice = NULL;
+        c->client_spliced = 0;
     }
     c->up = NULL;
     c->upstream_paused = 0;
@@ -246,7 +250,7 @@ static void splice_done(void *data, int status)
 static int splice_body(sg_conn_t *c)
 {
     const llhttp_t *p = &c->res.llhttp;
-    if (c->client.is_tls || !c->up || c->closing || !(p->flags & F_CONTENT_LENGTH) ||
+    if (c->client.is_tls || !c->up || c->closing || c->splice || !(p->flags & F_CONTENT_LENGTH) ||
         (p->flags & F_CHUNKED) || p->content_length < SG_SPLICE_MIN ||
         uv_stream_get_write_queue_size((uv_stream_t *)&c->client.tcp) != 0)
         return 0;
@@ -256,6 +260,62 @@ static int splice_body(sg_conn_t *c)
     if (c->splice) return 1;
     set_upstream_reading(c);
     return 0;
+}
+
+static void request_splice_progress(void *data, size_t n)
+{
+    sg_conn_t *c = data;
+    c->last_activity = uv_now(&c->w->loop);
+    c->req_bytes_in += n;
+    sg_counter_add(&c->w->stats.bytes_in, n);
+    sg_counter_add(&c->w->stats.bytes_spliced_in, n);
+}
+
+static void request_splice_done(void *data, int status)
+{
+    sg_conn_t *c = data;
+    c->splice = NULL;
+    c->client_spliced = 0;
+    if (status == UV_EOF) {
+        c->client_eof = 1; /* the client ended its request early: an abort */
+        sg_conn_close(c);
+        return;
+    }
+    if (status != 0) {
+        /* One of the sockets failed. As for a failed upstream write, the
+         * response side decides (a response already sent, or a 502); reading
+         * the client again shows whether it is the one that went away. */
+        sg_log_debug("request splice: %s", uv_strerror(status));
+        c->req_broken = 1;
+        c->close_after = 1;
+        sg_conn_update_reading(c);
+        return;
+    }
+    c->req.message_done = 1; /* the parser saw the head; the length was exact */
+    sg_conn_request_sent(c);
+    if (!c->closing) sg_conn_update_reading(c);
+}
+
+/* Large uploads of known length take the same path as large responses,
+ * the other way: client socket -> pipe -> sandbox socket. Only when every
+ * byte forwarded so far is in the kernel (libuv's queue to the sandbox is
+ * empty), nothing is buffered ahead of the body, and no other splice runs
+ * on this connection (a response body can start while an upload is still
+ * coming; it then takes the ordinary path). */
+void sg_relay_splice_request_body(sg_conn_t *c)
+{
+    const llhttp_t *p = &c->req.llhttp;
+    if (c->client.is_tls || !c->up || c->closing || c->splice || c->req_done || c->req_broken ||
+        c->state != SG_CONN_PROXYING || c->inbuf.len || !(p->flags & F_CONTENT_LENGTH) ||
+        (p->flags & F_CHUNKED) || p->content_length < SG_SPLICE_MIN ||
+        uv_stream_get_write_queue_size((uv_stream_t *)&c->up->stream.tcp) != 0)
+        return;
+    c->splice = sg_splice_start(&c->w->splices, &c->client, &c->up->stream, p->content_length,
+                                request_splice_progress, request_splice_done, c);
+    if (!c->splice) return;
+    c->client_spliced = 1;
+    c->body_streamed = 1;
+    sg_conn_update_reading(c); /* the splice reads the client socket now */
 }
 
 static void tunnel_start(sg_conn_t *c)

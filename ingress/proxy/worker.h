@@ -33,6 +33,7 @@ typedef struct {
     sg_counter_t errors[32];            /* by sg_err_t */
     sg_counter_t bytes_in, bytes_out;   /* client side */
     sg_counter_t bytes_spliced;         /* of bytes_out: moved socket to socket by splice(2) */
+    sg_counter_t bytes_spliced_in;      /* of bytes_in: request bodies moved by splice(2) */
     sg_counter_t tunnels_open;
     /* Latency histograms: per-bucket (not cumulative) counts, bucket upper
      * bounds in sg_latency_bounds_us; sums in microseconds. */
