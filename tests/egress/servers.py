@@ -271,15 +271,18 @@ def run_server(args):
             loops.append(tcp_listener(args, rec, addr, tls_ctx))
     for loop in loops:
         threading.Thread(target=loop, daemon=True).start()
-    done = threading.Event()
+    # The handler only appends to a list: Event.set() there could deadlock
+    # on the Event's own lock when the signal lands while this thread holds
+    # it (inside Event.wait), and the server would "ignore" SIGTERM.
+    stop = []
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
+        signal.signal(sig, lambda *_: stop.append(1))
     tmp = args.ready_file + ".tmp"
     with open(tmp, "w") as f:
         f.write("%d\n" % os.getpid())
     os.replace(tmp, args.ready_file)
-    while not done.wait(0.5):
-        pass
+    while not stop:
+        time.sleep(0.2)  # a signal cuts the sleep short
     os.close(rec.fd)
     os._exit(0)  # daemon threads may sit in accept/recv
 
