@@ -18,10 +18,18 @@ Environment:
                           sandgate, nginx-best and HAProxy on these scenario
                           keys (no table; instruction counts do not need an
                           idle machine): results/profile-callgrind-<proxy>-<key>.txt
+  BENCH_SYSCALLS=a,b      only the system calls (and TCP segments) per request
+                          of every proxy on these scenario keys:
+                          results/profile-syscalls.md
+  BENCH_PERF=a,b          only a perf cpu-clock profile of sandgate on these
+                          scenario keys (no table; wants an idle machine):
+                          results/profile-perf[-callers]-<key>.txt
   BENCH_QUIET_WAIT=S      wait up to S seconds for other load on the machine to
                           stop before starting (default 180; a third of it
                           before each scenario)
   SANDGATE_BIN=PATH       sandgate binary (default build/sandgate)
+  SANDGATE_B_BIN=PATH     also measure this second sandgate build, as row
+                          "sandgate-b" right after "sandgate" (A/B of a change)
   BENCH_REPORT_FROM=FILE  only print the tables again from a saved latest.json
 """
 
@@ -76,8 +84,12 @@ PORTS = {
     "nginx-honest": (19280, 19643),
     "haproxy": (19380, 19743),
     "sandgate-2w": (19480, 19843),
+    "sandgate-b": (19580, 19943),
 }
-SANDGATE_ADMIN = {"sandgate": 19901, "sandgate-2w": 19902}
+SANDGATE_ADMIN = {"sandgate": 19901, "sandgate-2w": 19902, "sandgate-b": 19903}
+# A second sandgate build measured in the same run, right after the first
+# (an A/B of a change: ratios from one run, interleaved like the peers).
+SANDGATE_B_BIN = os.environ.get("SANDGATE_B_BIN")
 PEERS = ["nginx-best", "nginx-honest", "haproxy"]
 HONEST_PEERS = ["nginx-honest", "haproxy"]
 
@@ -506,7 +518,8 @@ def make_proxy(work, name, boxes, certs, cpus=PROXY_CPU):
         d, cfg = write_sandgate(work, name, boxes, certs, workers)
         if name == "sandgate-2w":
             cpus = "0,1"
-        return Proc(name, [SANDGATE_BIN, "--config", cfg], cpus, d)
+        binary = SANDGATE_B_BIN if name == "sandgate-b" else SANDGATE_BIN
+        return Proc(name, [binary, "--config", cfg], cpus, d)
     if name.startswith("nginx"):
         d, cfg = write_nginx(work, name, boxes, certs, honest=(name == "nginx-honest"))
         return Proc(name, ["/usr/sbin/nginx", "-p", d, "-c", cfg, "-e", os.path.join(d, "error.log"),
@@ -962,16 +975,30 @@ def report(info, results, idle, ws, started, finished):
 # ---------------------------------------------------------------- profile
 
 
-SYSCALLS = ["read", "readv", "recvfrom", "recvmsg", "write", "writev", "sendto", "sendmsg", "epoll_wait",
+SYSCALLS = ["read", "readv", "recvfrom", "recvmsg", "write", "writev", "sendto", "sendmsg", "splice", "pipe2",
+            "epoll_wait",
             "epoll_pwait", "epoll_ctl", "accept4", "connect", "close", "shutdown", "setsockopt", "getsockopt",
             "getsockname", "getpeername", "ioctl", "socket", "fcntl"]
 
 
+def tcp_counters():
+    """Machine-wide TCP counters: during a row only wrk, the backend and the
+    proxy send, so per request they count the segments of every hop."""
+    vals = {}
+    for path in ("/proc/net/snmp", "/proc/net/netstat"):
+        lines = open(path).read().splitlines()
+        for head, body in zip(lines[::2], lines[1::2]):
+            names, nums = head.split()[1:], body.split()[1:]
+            if head.startswith("Tcp:") or head.startswith("TcpExt:"):
+                vals.update(zip(names, map(int, nums)))
+    return {k: vals.get(k, 0) for k in ("OutSegs", "TCPPureAcks", "DelayedACKs")}
+
+
 def syscall_profile(work, boxes, certs, ids_file, shim, scen, seconds=4):
     """System calls per request of each proxy (perf tracepoints), one scenario."""
-    events = ["raw_syscalls:sys_enter"] + ["syscalls:sys_enter_" + c for c in SYSCALLS]
+    events = ["raw_syscalls:sys_enter"] + ["syscalls:sys_enter_" + c for c in SYSCALLS] + ["context-switches"]
     rows = {}
-    for name in ["sandgate", "nginx-best", "nginx-honest", "haproxy"]:
+    for name in ["sandgate"] + (["sandgate-b"] if SANDGATE_B_BIN else []) + PEERS:
         proc = start_proxy(make_proxy(work, name, boxes, certs))
         try:
             port = PORTS[name][1 if scen["tls"] else 0]
@@ -984,7 +1011,9 @@ def syscall_profile(work, boxes, certs, ids_file, shim, scen, seconds=4):
                                    ",".join(str(p) for p in pids)], stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL)
             time.sleep(0.3)
+            tcp0 = tcp_counters()
             res = run_wrk(port, scen, ids_file, seconds, shim)
+            tcp1 = tcp_counters()
             time.sleep(0.2)
             ps.send_signal(signal.SIGINT)
             ps.wait(timeout=30)
@@ -994,26 +1023,25 @@ def syscall_profile(work, boxes, certs, ids_file, shim, scen, seconds=4):
                 if len(parts) > 2 and parts[0].replace(".", "").isdigit():
                     counts[parts[2].split(":")[-1].replace("sys_enter_", "")] = float(parts[0])
             # requests during the perf window ~ wrk's count (perf starts before and stops after wrk)
+            for k in tcp0:
+                counts["tcp:" + k] = tcp1[k] - tcp0[k]
             rows[name] = {k: v / max(1, res["requests"]) for k, v in counts.items() if v}
         finally:
             proc.stop()
     return rows
 
 
-def profile(work, boxes, certs, ids_file, shim):
-    """Keep-alive HTTP on sandgate under perf (cpu-clock sampling) and
-    callgrind, and system calls per request of every proxy; writes
-    results/profile-*.txt."""
+def syscall_tables(work, boxes, certs, ids_file, shim, scens):
+    """results/profile-syscalls.md: one table per scenario, every proxy."""
     outdir = os.path.join(HERE, "results")
-    scen = SCENARIOS[0]
-    name = "sandgate"
-    summary = []
     # system calls per request, every proxy
     lines = []
-    for sc in (SCENARIOS[0], SCENARIOS[1], SCENARIOS[4]):
+    for sc in scens:
         rows = syscall_profile(work, boxes, certs, ids_file, shim, sc)
         keys = ["sys_enter"] + [c for c in SYSCALLS if any(c in r for r in rows.values())]
-        lines.append("### System calls per request, %s (perf stat tracepoints)" % sc["title"])
+        keys += [k for k in ("context-switches", "tcp:OutSegs", "tcp:TCPPureAcks", "tcp:DelayedACKs") if any(k in r for r in rows.values())]
+        lines.append("### System calls per request, %s (perf stat tracepoints; tcp: = machine-wide TCP "
+                     "counters per request, all hops)" % sc["title"])
         lines.append("")
         lines.append("| proxy | " + " | ".join("total" if k == "sys_enter" else k for k in keys) + " |")
         lines.append("|---|" + "--:|" * len(keys))
@@ -1022,17 +1050,38 @@ def profile(work, boxes, certs, ids_file, shim):
         lines.append("")
     with open(os.path.join(outdir, "profile-syscalls.md"), "w") as f:
         f.write("\n".join(lines))
+    return "\n".join(lines)
+
+
+def profile(work, boxes, certs, ids_file, shim):
+    """Keep-alive HTTP on sandgate under perf (cpu-clock sampling) and
+    callgrind, and system calls per request of every proxy; writes
+    results/profile-*.txt."""
+    scen = SCENARIOS[0]
+    summary = []
+    text = syscall_tables(work, boxes, certs, ids_file, shim, (SCENARIOS[0], SCENARIOS[1], SCENARIOS[4]))
     summary.append("syscalls per request: results/profile-syscalls.md")
-    sys.stdout.write("\n" + "\n".join(lines) + "\n")
+    sys.stdout.write("\n" + text + "\n")
+    summary += perf_profile(work, boxes, certs, ids_file, shim, scen)
+    return summary + callgrind_rows(work, boxes, certs, ids_file, shim, scen)
+
+
+def perf_profile(work, boxes, certs, ids_file, shim, scen, suffix=""):
+    """sandgate under perf (cpu-clock sampling) on one scenario; writes
+    results/profile-perf<suffix>.txt and profile-perf-callers<suffix>.txt."""
+    outdir = os.path.join(HERE, "results")
+    name = "sandgate"
+    summary = []
+    port = PORTS[name][1 if scen["tls"] else 0]
     # perf: software clock sampling works in VMs without hardware counters
     proc = start_proxy(make_proxy(work, name, boxes, certs))
     try:
-        run_wrk(PORTS[name][0], scen, ids_file, 2, shim)
+        run_wrk(port, scen, ids_file, 2, shim)
         pdata = os.path.join(work, "perf.data")
         pr = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "2000", "-g", "-o", pdata, "-p",
                                str(proc.p.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(0.5)
-        res = run_wrk(PORTS[name][0], scen, ids_file, 5, shim)
+        res = run_wrk(port, scen, ids_file, 5, shim)
         pr.send_signal(signal.SIGINT)
         pr.wait(timeout=30)
         rep = subprocess.run(["perf", "report", "-i", pdata, "--stdio", "--no-children", "--sort", "dso,symbol",
@@ -1042,17 +1091,17 @@ def profile(work, boxes, certs, ids_file, shim):
         rep_callers = subprocess.run(["perf", "report", "-i", pdata, "--stdio", "--no-children", "--sort",
                                       "symbol", "-G", "--percent-limit", "2"], capture_output=True, text=True)
         if rep.returncode == 0 and "Samples" in rep.stdout:
-            with open(os.path.join(outdir, "profile-perf.txt"), "w") as f:
-                f.write("# sandgate, keep-alive 100 B over HTTP, %d requests in 5 s under perf\n" % res["requests"])
+            with open(os.path.join(outdir, "profile-perf%s.txt" % suffix), "w") as f:
+                f.write("# sandgate, %s, %d requests in 5 s under perf\n" % (scen["title"], res["requests"]))
                 f.write(rep_dso.stdout + "\n" + rep.stdout)
-            with open(os.path.join(outdir, "profile-perf-callers.txt"), "w") as f:
+            with open(os.path.join(outdir, "profile-perf-callers%s.txt" % suffix), "w") as f:
                 f.write(rep_callers.stdout)
-            summary.append("perf: results/profile-perf.txt, results/profile-perf-callers.txt")
+            summary.append("perf: results/profile-perf%s.txt, results/profile-perf-callers%s.txt" % (suffix, suffix))
         else:
             summary.append("perf failed: %s" % rep.stderr[-300:])
     finally:
         proc.stop()
-    return summary + callgrind_rows(work, boxes, certs, ids_file, shim, scen)
+    return summary
 
 
 def callgrind_rows(work, boxes, certs, ids_file, shim, scen, suffix=""):
@@ -1149,7 +1198,7 @@ def report_from_json(path):
 
 
 def main():
-    global WORK, BACKEND, SANDGATE_BIN
+    global WORK, BACKEND, SANDGATE_BIN, SANDGATE_B_BIN
     if os.environ.get("BENCH_REPORT_FROM"):
         return report_from_json(os.environ["BENCH_REPORT_FROM"])
     started = time.time()
@@ -1162,6 +1211,11 @@ def main():
     copy = os.path.join(WORK, "sandgate.bin")
     shutil.copy2(SANDGATE_BIN, copy)
     SANDGATE_BIN = copy
+    if SANDGATE_B_BIN:
+        os.makedirs(os.path.join(WORK, "b"))
+        copy = os.path.join(WORK, "b", "sandgate.bin")
+        shutil.copy2(SANDGATE_B_BIN, copy)
+        SANDGATE_B_BIN = copy
     atexit.register(stop_all)
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, lambda *_: sys.exit(130))
@@ -1187,6 +1241,22 @@ def main():
     wait_port(BACKEND_ADDRS[0], BACKEND_PORT, backend)
     wait_port(*STATUS_ADDR, backend)
 
+    if os.environ.get("BENCH_SYSCALLS"):
+        scens = [next(sc for sc in SCENARIOS if sc["key"] == k) for k in os.environ["BENCH_SYSCALLS"].split(",")]
+        sys.stdout.write(syscall_tables(WORK, boxes, certs, ids_file, shim, scens) + "\n")
+        backend.stop()
+        shutil.rmtree(WORK, ignore_errors=True)
+        return
+
+    if os.environ.get("BENCH_PERF"):
+        for key in os.environ["BENCH_PERF"].split(","):
+            scen = next(sc for sc in SCENARIOS if sc["key"] == key)
+            for line in perf_profile(WORK, boxes, certs, ids_file, shim, scen, suffix="-" + key):
+                log(line)
+        backend.stop()
+        shutil.rmtree(WORK, ignore_errors=True)
+        return
+
     if os.environ.get("BENCH_CALLGRIND"):
         for key in os.environ["BENCH_CALLGRIND"].split(","):
             scen = next(sc for sc in SCENARIOS if sc["key"] == key)
@@ -1209,6 +1279,8 @@ def main():
         idle = idle_memory(WORK, boxes, certs, ids_file)
 
     names = ["sandgate", "nginx-best", "nginx-honest", "haproxy", "sandgate-2w"]
+    if SANDGATE_B_BIN:
+        names.append("sandgate-b")
     procs = {}
     for n in names:
         procs[n] = start_proxy(make_proxy(WORK, n, boxes, certs))
@@ -1223,7 +1295,7 @@ def main():
         if not want(scen["key"]):
             continue
         wait_quiet(scen["key"], limit=float(os.environ.get("BENCH_QUIET_WAIT", "180")) / 3)
-        order = ["sandgate", "nginx-best", "nginx-honest", "haproxy"]
+        order = ["sandgate"] + (["sandgate-b"] if SANDGATE_B_BIN else []) + ["nginx-best", "nginx-honest", "haproxy"]
         if scen.get("two_workers"):
             order.append("sandgate-2w")
         if scen.get("direct"):
