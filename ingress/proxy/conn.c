@@ -280,21 +280,31 @@ void sg_conn_update_reading(sg_conn_t *c)
     }
 }
 
+/* Lingering: the client's bytes are read and dropped until it closes. An
+ * end that arrives before our own shutdown is out waits for it. */
 static void linger_read_cb(sg_stream_t *s, ssize_t nread, sg_buf_t *buf)
 {
-    if (nread < 0) sg_conn_close(s->data);
+    sg_conn_t *c = s->data;
+    if (nread >= 0) return;
+    if (c->linger_shutdown_pending) {
+        c->client_eof = 1;
+        return;
+    }
+    sg_conn_close(c);
 }
 
 static void linger_shutdown_cb(sg_stream_t *s, int status)
 {
     sg_conn_t *c = s->data;
-    if (status < 0 || c->closing) {
+    c->linger_shutdown_pending = 0;
+    if (status < 0 || c->closing || c->client_eof) {
         sg_conn_close(c);
         return;
     }
+    if (c->client_reading) return; /* linger_read_cb since start_linger */
     /* Keep reading (and discarding) briefly so unread request bytes do not
      * make the kernel answer with RST and destroy the response in flight. */
-    c->client_paused = c->client_eof = 0;
+    c->client_paused = 0;
     c->client_reading = 1;
     if (sg_stream_read_start(&c->client, linger_read_cb) != 0) sg_conn_close(c);
 }
@@ -303,8 +313,16 @@ static void start_linger(sg_conn_t *c)
 {
     c->state = SG_CONN_LINGER;
     sg_conn_arm_timer(c, SG_TIMER_LINGER, SG_LINGER_MS);
-    if (c->client_reading) sg_stream_read_stop(&c->client);
-    c->client_reading = 0;
+    /* A socket being read keeps being read, into linger_read_cb: stopping
+     * it here and starting it again after the shutdown would cost two
+     * epoll_ctl calls per closed connection (libuv re-registers it). */
+    if (c->client_reading && !c->client_eof) {
+        sg_stream_read_start(&c->client, linger_read_cb);
+    } else if (c->client_reading) {
+        sg_stream_read_stop(&c->client);
+        c->client_reading = 0;
+    }
+    c->linger_shutdown_pending = 1;
     if (sg_stream_shutdown(&c->client, linger_shutdown_cb) != 0) sg_conn_close(c);
 }
 

@@ -113,8 +113,9 @@ struct sg_conn_s {
     unsigned body_streamed : 1;  /* body bytes went upstream after req_out */
     unsigned client_spliced : 1; /* a request body splice reads the client socket */
     unsigned tunnel_close_pending : 1;
-    unsigned counted_active : 1; /* holds one of sandbox->active */
-    unsigned in_request : 1;     /* bytes of a request arrived and it is not logged yet */
+    unsigned counted_active : 1;          /* holds one of sandbox->active */
+    unsigned in_request : 1;              /* bytes of a request arrived and it is not logged yet */
+    unsigned linger_shutdown_pending : 1; /* start_linger's shutdown has not called back */
     uint64_t t_start, t_connected, t_first_byte; /* uv_hrtime() of this request's stages */
     uint64_t req_bytes_in, req_bytes_out;        /* client bytes of this request / response */
     char upstream_addr[64];                      /* "ip:port" of the sandbox service */

@@ -497,7 +497,11 @@ static void pump(sg_tls_stream_t *s)
         }
         if (s->base.on_handshake) s->base.on_handshake(&s->base);
         if (s->base.closing) return;
-        update_tcp_reading(s);
+        /* No update_tcp_reading here: every caller runs it after pump, once
+         * the records that came with the client's Finished are consumed.
+         * Run now it would see them undrained and stop the socket, and the
+         * caller would start it again: libuv turns that pair into two
+         * epoll_ctl calls (ADD, EEXIST, MOD) per connection. */
     }
     if (s->offloaded) {
         records_in(s);

@@ -1,0 +1,171 @@
+"""System calls sandgate makes per request and per connection, counted with
+strace. They are most of what a proxied request costs (tests/load: about
+three quarters of sandgate's CPU time is the kernel), and unlike timings
+they are exact: a change that adds a call to every request or connection
+fails here, on any machine."""
+
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import time
+
+import pytest
+
+from client import Conn
+from conftest import SCALE
+from test_tls import ca, tls_config, tls_factory, tls_sg  # noqa: F401 (fixtures)
+
+IO_CALLS = ("read", "readv", "recvfrom", "write", "writev", "sendto")
+CALLS = ",".join(IO_CALLS + ("epoll_ctl", "accept4", "close"))
+# With -yy strace names a socket descriptor "17<TCP:[a:p->b:q]>"; file
+# descriptors (the access log) are left out of the counts.
+LINE = re.compile(r"^\d+\s+(\w+)\((?:\d+(<[^>]*>)?)?")
+
+
+class Strace:
+    """strace -f on a running sandgate. Attachment is confirmed by a marker
+    request showing up in the trace; count() then covers only the calls made
+    after the last marker."""
+
+    def __init__(self, pid, path, send_marker):
+        exe = shutil.which("strace")
+        if not exe:
+            pytest.skip("strace not installed")
+        self.path = path
+        self.proc = subprocess.Popen([exe, "-f", "-qq", "-yy", "-s", "200", "-o", str(path), "-p", str(pid),
+                                      "-e", "trace=" + CALLS], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10 * SCALE
+        while True:
+            send_marker()
+            if path.exists() and b"syscall-marker" in path.read_bytes():
+                break
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.skip("strace could not attach: %s" % self.proc.stderr.read().decode(errors="replace"))
+            time.sleep(0.05)
+        send_marker()  # the last marker: counting starts after it
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def count(self):
+        self.stop()
+        lines = self.path.read_text(errors="replace").splitlines()
+        last = max(i for i, line in enumerate(lines) if "syscall-marker" in line)
+        counts = {}
+        for line in lines[last + 1:]:
+            m = LINE.match(line)
+            if not m or (m.group(1) in IO_CALLS and not (m.group(2) or "").startswith("<TCP")):
+                continue
+            counts[m.group(1)] = counts.get(m.group(1), 0) + 1
+        return counts
+
+
+def test_keepalive_request_is_four_calls_and_no_epoll_changes(sg, backends, tmp_path):
+    """A warm keep-alive request: one read from the client, one write to the
+    sandbox, one read of its answer, one write to the client (head and body
+    in one call), and no epoll registration changes."""
+    a, _ = backends
+    n = 40
+    with Conn(sg.port) as c:
+        def marker():
+            assert c.request("GET", "/echo?syscall-marker", sg.host(a.port)).status == 200
+
+        tr = Strace(sg.pid, tmp_path / "strace.txt", marker)
+        for i in range(n):
+            assert c.request("GET", "/echo?i=%d" % i, sg.host(a.port)).status == 200
+        counts = tr.count()
+    reads = sum(counts.get(k, 0) for k in IO_CALLS[:3])
+    writes = sum(counts.get(k, 0) for k in IO_CALLS[3:])
+    # At least one of each per hop; a Python sandbox may now and then answer
+    # in two segments, each then read and forwarded on its own.
+    assert 2 * n <= reads <= 2 * n + n // 4, counts
+    assert 2 * n <= writes <= 2 * n + n // 4, counts
+    assert counts.get("epoll_ctl", 0) == 0, counts
+
+
+def tls13_request_with_finished(port, sni, request):
+    """A TLS 1.3 client whose Finished and first request leave in one
+    segment, as browsers and wrk send them: the server finds application
+    data already waiting when its handshake completes. Returns the raw
+    response bytes up to the peer's close."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=sni)
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10 * SCALE)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                if outgoing.pending:
+                    sock.sendall(outgoing.read())
+                data = sock.recv(65536)
+                if not data:
+                    raise ConnectionError("closed during the handshake")
+                incoming.write(data)
+        tls.write(request)
+        sock.sendall(outgoing.read())  # Finished and the request together
+        got = b""
+        while b"\r\n\r\n" not in got or not got.endswith(b"}"):
+            data = sock.recv(65536)
+            if not data:
+                break
+            incoming.write(data)
+            try:
+                got += tls.read(65536)
+            except ssl.SSLWantReadError:
+                pass
+        return got
+    finally:
+        sock.close()
+
+
+def test_tls_connection_registers_with_epoll_once(tls_sg, backends, tmp_path):
+    """A new TLS connection whose request arrives with the client's Finished
+    and which closes after its response costs two or three epoll_ctl calls:
+    the registration at accept, libuv's removal at close, and at times a
+    re-arm for the closing shutdown. Stopping and
+    restarting the socket's reading (at the handshake's end, and again
+    around the closing shutdown) used to add two more each time: libuv
+    re-registers with ADD, gets EEXIST, then MOD."""
+    a, _ = backends
+    sg = tls_sg
+    sni = "%d-abc.sandbox.test" % a.port
+    host = sg.tls_host(a.port).encode()
+
+    def req(path):
+        return b"GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % (path, host)
+
+    def marker():
+        assert tls13_request_with_finished(sg.tls_port, sni, req(b"/echo?syscall-marker")).startswith(
+            b"HTTP/1.1 200")
+
+    tr = Strace(sg.pid, tmp_path / "strace.txt", marker)
+    n = 20
+    for i in range(n):
+        got = tls13_request_with_finished(sg.tls_port, sni, req(b"/echo?i=%d" % i))
+        assert got.startswith(b"HTTP/1.1 200"), got[:200]
+    time.sleep(0.2 * SCALE)  # the last connection's close
+    counts = tr.count()
+    assert counts.get("accept4", 0) >= n, counts
+    # Two per connection (the sandbox connection is pooled), and when the
+    # client is still connected as the response ends, libuv's shutdown
+    # re-arms the socket once (EPOLL_CTL_MOD); 85 in all before the
+    # handshake's end and the lingering close stopped toggling the socket.
+    assert counts.get("epoll_ctl", 0) <= 3 * n + 2, counts
