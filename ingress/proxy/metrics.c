@@ -145,6 +145,11 @@ void sg_metrics_render(const sg_worker_t *w, unsigned n, int draining, sg_strbuf
                       (unsigned long long)W(tls_stats.resumed));
     sg_strbuf_appendf(o, "sandgate_tls_handshakes_total{result=\"failed\"} %llu\n",
                       (unsigned long long)W(tls_stats.handshake_failures));
+    header(o, "sandgate_tls_handshakes_deferred_total", "counter",
+           "ClientHellos that waited for a later loop turn: the turn had spent its handshake "
+           "budget (about 1 ms) or others were waiting.");
+    sg_strbuf_appendf(o, "sandgate_tls_handshakes_deferred_total %llu\n",
+                      (unsigned long long)W(tls_stats.deferred));
 
     header(o, "sandgate_bytes_total", "counter", "Bytes from and to clients.");
     sg_strbuf_appendf(o, "sandgate_bytes_total{direction=\"in\"} %llu\n",

@@ -332,10 +332,12 @@ static void worker_main(void *arg)
     snprintf(name, sizeof(name), "sandgate-w%u", w->index);
     pthread_setname_np(pthread_self(), name); /* visible in /proc/<pid>/task/<tid>/comm */
     int direct_writes = sg_stream_tcp_loop_init(&w->loop) == 0;
+    int hs_queue = sg_tls_loop_init(&w->loop) == 0;
     uv_run(&w->loop, UV_RUN_DEFAULT);
-    if (direct_writes) {
-        /* Every stream is closed by now; the queue's handles close last. */
-        sg_stream_tcp_loop_close(&w->loop);
+    if (direct_writes || hs_queue) {
+        /* Every stream is closed by now; the queues' handles close last. */
+        if (direct_writes) sg_stream_tcp_loop_close(&w->loop);
+        if (hs_queue) sg_tls_loop_close(&w->loop);
         uv_run(&w->loop, UV_RUN_DEFAULT);
     }
     atomic_store(&w->exited_flag, 1);

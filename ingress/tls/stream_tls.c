@@ -32,6 +32,7 @@ struct sg_tls_stream_s {
     sg_tls_cert_t *cert;
     sg_tls_counters_t *counters;
     uv_idle_t pending_idle; /* delivers buffered plaintext after read_start */
+    sg_tls_hs_item_t hs;    /* waiting in the loop's handshake queue */
     /* ciphertext received but not yet consumed by OpenSSL */
     sg_buf_t *rx_buf;
     size_t rx_off, rx_len;
@@ -289,6 +290,7 @@ static inline void clear_ssl_errors(void)
 static void fail(sg_tls_stream_t *s, int status)
 {
     s->failed = 1;
+    sg_tls__hs_cancel(&s->hs);
     if (s->tcp_reading) uv_read_stop((uv_stream_t *)&s->base.tcp);
     s->tcp_reading = 0;
     if (s->base.read_cb && !s->base.closing) s->base.read_cb(&s->base, status, NULL);
@@ -609,22 +611,50 @@ static void tcp_read_cb(uv_stream_t *h, ssize_t nread, const uv_buf_t *ub)
         nread -= (ssize_t)used;
     }
     if (s->rx_len) {
-        /* Unconsumed ciphertext remains (rare): join it with the new bytes. */
+        /* Unconsumed ciphertext remains (a handshake waiting in the queue,
+         * or OpenSSL holding input while the owner does not read): join it
+         * with the new bytes. More than a buffer of it is no client's
+         * ClientHello and never happens after a handshake (reading stops
+         * while rx holds input). */
         sg_buf_t *j = sg_buf_alloc(s->base.pool);
-        size_t keep = s->rx_len < j->cap ? s->rx_len : j->cap;
-        memcpy(j->data, s->rx_buf->data + s->rx_off, keep);
-        size_t add = (size_t)nread < j->cap - keep ? (size_t)nread : j->cap - keep;
-        memcpy(j->data + keep, b->data, add);
+        if (s->rx_len + (size_t)nread > j->cap) {
+            sg_buf_unref(j);
+            sg_buf_unref(b);
+            if (!s->handshake_done && s->counters) sg_counter_inc(&s->counters->handshake_failures);
+            fail(s, UV_EPROTO);
+            return;
+        }
+        memcpy(j->data, s->rx_buf->data + s->rx_off, s->rx_len);
+        memcpy(j->data + s->rx_len, b->data, (size_t)nread);
         sg_buf_unref(s->rx_buf);
         sg_buf_unref(b);
         s->rx_buf = j;
         s->rx_off = 0;
-        s->rx_len = keep + add;
+        s->rx_len += (size_t)nread;
     } else {
         s->rx_buf = b;
         s->rx_off = 0;
         s->rx_len = (size_t)nread;
     }
+    /* A ClientHello is metered (hs_queue.c): it may wait for a later turn,
+     * the socket read meanwhile, bytes joining rx. The client's Finished is
+     * not: the request that usually comes with it is served now, and
+     * finishing a handshake is cheap next to starting one. */
+    if (!s->handshake_done && SSL_in_before(s->ssl) && !s->hs.queued) {
+        int r = sg_tls__hs_submit(s->base.tcp.loop, &s->hs);
+        if (r == 1 && s->counters) sg_counter_inc(&s->counters->deferred);
+        if (r >= 0) return;
+    } else if (s->hs.queued) {
+        return; /* more of a ClientHello whose turn has not come */
+    }
+    pump(s);
+    update_tcp_reading(s);
+}
+
+void sg_tls__hs_run(sg_tls_hs_item_t *it)
+{
+    sg_tls_stream_t *s = (sg_tls_stream_t *)((char *)it - offsetof(sg_tls_stream_t, hs));
+    if (s->base.closing || s->failed) return;
     pump(s);
     update_tcp_reading(s);
 }
@@ -783,6 +813,7 @@ static void tls_close(sg_stream_t *base, sg_stream_close_cb cb)
     base->closing = 1;
     base->reading = 0;
     base->close_cb = cb;
+    sg_tls__hs_cancel(&s->hs);
     uv_close((uv_handle_t *)&base->tcp, handle_closed);
     uv_close((uv_handle_t *)&s->pending_idle, handle_closed);
 }

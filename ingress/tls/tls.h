@@ -44,6 +44,7 @@ typedef struct {
     sg_counter_t handshakes;
     sg_counter_t handshake_failures; /* garbage or protocol refusal; timeouts excluded */
     sg_counter_t resumed;
+    sg_counter_t deferred; /* ClientHellos that waited: the turn's handshake budget was spent */
 } sg_tls_counters_t;
 
 /* A server-side TLS stream over an accepted TCP socket. Same contracts as
@@ -67,6 +68,15 @@ int sg_tls_stream_attach(sg_stream_t *s);
 /* 1 when the certificate serving this connection covers host (exact SAN or
  * a one-label wildcard), else 0. */
 int sg_tls_stream_covers_host(sg_stream_t *s, const char *host, size_t len);
+/* Per event loop (worker thread): a loop turn then spends at most about
+ * 1 ms on handshakes, further ClientHellos waiting for later turns, so a
+ * burst of new connections cannot stall the requests of open ones
+ * (hs_queue.c). Without it a handshake runs as soon as its bytes arrive.
+ * sg_tls_loop_close after every stream on the loop is closed; the loop
+ * then runs once more. */
+int sg_tls_loop_init(uv_loop_t *loop);
+void sg_tls_loop_close(uv_loop_t *loop);
+
 /* 1 when the session was resumed. */
 int sg_tls_stream_resumed(sg_stream_t *s);
 

@@ -29,6 +29,24 @@ void sg_tls__bio_cleanup(void);
  * of a handshake in progress so the stream can take over its records. */
 void sg_tls__keylog_cb(const SSL *ssl, const char *line);
 
+/* ---- handshakes metered per loop turn (hs_queue.c) ---- */
+
+typedef struct sg_tls_hs_item_s {
+    struct sg_tls_hs_item_s *prev, *next;
+    unsigned queued : 1;
+} sg_tls_hs_item_t;
+
+/* Runs it (sg_tls__hs_run) now if this loop turn's handshake budget allows
+ * and no other handshake waits, else queues it for a later point of this
+ * or a later turn, after that turn's other I/O callbacks. Returns 0 (ran),
+ * 1 (queued; an item already queued keeps its place), or -1 when this
+ * thread has no queue for `loop` (sg_tls_loop_init): the caller runs it. */
+int sg_tls__hs_submit(uv_loop_t *loop, sg_tls_hs_item_t *it);
+/* Takes it off the queue if it is on it (a stream closing or failing). */
+void sg_tls__hs_cancel(sg_tls_hs_item_t *it);
+/* Implemented by the stream: continues the handshake of it's stream. */
+void sg_tls__hs_run(sg_tls_hs_item_t *it);
+
 /* ---- TLS 1.3 record protection after the handshake (record.c) ----
  *
  * Once OpenSSL has completed a TLS 1.3 handshake, the stream frees the SSL

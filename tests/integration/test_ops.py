@@ -613,6 +613,7 @@ REQUIRED_FAMILIES = {
     "sandgate_upstream_connects_total": "counter",
     "sandgate_lookups_total": "counter",
     "sandgate_tls_handshakes_total": "counter",
+    "sandgate_tls_handshakes_deferred_total": "counter",
     "sandgate_bytes_total": "counter",
     "sandgate_spliced_bytes_total": "counter",
     "sandgate_first_byte_seconds": "histogram",

@@ -1,0 +1,128 @@
+"""Bursts of new TLS connections. Handshakes wait for the end of the loop
+turn and a turn spends a bounded time on them (ingress/tls/hs_queue.c):
+these tests fill that queue and check that every queued handshake still
+completes, that connections dying while queued leave it cleanly (the
+ASan+UBSan run catches a stale entry), and that open connections keep
+being served meanwhile."""
+
+import socket
+import ssl
+import struct
+
+from client import Conn
+from conftest import SCALE, free_port, parse_prometheus, wait_port
+from test_tls import TlsConn, ca, tls_config, tls_factory, tls_sg  # noqa: F401 (fixtures)
+
+
+class PendingHandshake:
+    """A TLS client driven by hand: connected and its ClientHello made at
+    creation, the ClientHello sent by hello() and the rest of the handshake
+    by finish(), so that many ClientHellos reach sandgate at once."""
+
+    def __init__(self, port, sni):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = ctx.wrap_bio(self.incoming, self.outgoing, server_hostname=sni)
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=20 * SCALE)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            self.tls.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        self.client_hello = self.outgoing.read()
+
+    def hello(self):
+        self.sock.sendall(self.client_hello)
+
+    def reset(self):
+        """Leaves with a RST while the handshake is (likely) still queued."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
+
+    def finish(self, request):
+        while True:
+            try:
+                self.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                if self.outgoing.pending:
+                    self.sock.sendall(self.outgoing.read())
+                data = self.sock.recv(65536)
+                if not data:
+                    raise ConnectionError("closed during the handshake")
+                self.incoming.write(data)
+        self.tls.write(request)
+        self.sock.sendall(self.outgoing.read())
+        got = b""
+        while b"\r\n\r\n" not in got:
+            data = self.sock.recv(65536)
+            if not data:
+                break
+            self.incoming.write(data)
+            try:
+                got += self.tls.read(65536)
+            except ssl.SSLWantReadError:
+                pass
+        self.sock.close()
+        return got
+
+
+def test_burst_of_handshakes_all_complete_and_dead_ones_leave_the_queue(tls_factory, ca, backends):
+    a, _ = backends
+    admin_port = free_port()
+    sg = tls_factory(tls_config([ca.issue(["*.sandbox.test"])], admin={"listen": ["127.0.0.1:%d" % admin_port]}))
+    wait_port(admin_port, 10 * SCALE, proc=sg.proc)
+    sni = "%d-abc.sandbox.test" % a.port
+    request = b"GET /echo HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % sg.tls_host(a.port).encode()
+    # An open connection, served before, during and after the burst.
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with TlsConn(sg.tls_port, ctx, sni) as open_conn:
+        assert open_conn.request("GET", "/echo?before", sg.tls_host(a.port)).status == 200
+        burst = [PendingHandshake(sg.tls_port, sni) for _ in range(60)]
+        for h in burst:
+            h.hello()
+        # Every third one dies with its ClientHello unanswered or queued.
+        for i in range(0, len(burst), 3):
+            burst[i].reset()
+        assert open_conn.request("GET", "/echo?during", sg.tls_host(a.port)).status == 200
+        for i, h in enumerate(burst):
+            if i % 3 == 0:
+                continue
+            got = h.finish(request)
+            assert got.startswith(b"HTTP/1.1 200"), (i, got[:200])
+        assert open_conn.request("GET", "/echo?after", sg.tls_host(a.port)).status == 200
+    # The worker is healthy after the burst: plain and TLS both answer.
+    with Conn(sg.port) as c:
+        assert c.request("GET", "/echo", sg.host(a.port)).status == 200
+    # 60 ClientHellos arriving together are far more than one turn's budget
+    # (about 1 ms): most of them waited in the queue.
+    with Conn(admin_port) as c:
+        r = c.request("GET", "/metrics", "127.0.0.1:%d" % admin_port)
+    assert r.status == 200, r
+    m = parse_prometheus(r.body.decode())
+    assert m.value("sandgate_tls_handshakes_deferred_total") >= 10, m.value("sandgate_tls_handshakes_deferred_total")
+    assert m.value("sandgate_tls_handshakes_total", result="ok") >= 40 + 1  # the burst and the open connection
+
+
+def test_connection_closed_by_handshake_timeout_while_queued(tls_factory, ca, backends):
+    """Bytes that are not a whole ClientHello leave the handshake waiting for
+    more; the handshake timeout then closes it, queued or not."""
+    a, _ = backends
+    sg = tls_factory(tls_config([ca.issue(["*.sandbox.test"])], tls={"handshake_timeout": "1s"}))
+    socks = []
+    for _ in range(20):
+        s = socket.create_connection(("127.0.0.1", sg.tls_port), timeout=10 * SCALE)
+        # a TLS handshake record header announcing 512 bytes, and 10 of them
+        s.sendall(b"\x16\x03\x01\x02\x00" + b"\x01\x00\x01\xfc\x03\x03" + b"\x00" * 4)
+        socks.append(s)
+    for s in socks:
+        s.settimeout(10 * SCALE)
+        assert s.recv(100) == b""  # closed by sandgate, no bytes
+        s.close()
+    ctx = ca.client_context()
+    with TlsConn(sg.tls_port, ctx, "%d-abc.sandbox.test" % a.port) as c:
+        assert c.request("GET", "/echo", sg.tls_host(a.port)).status == 200
