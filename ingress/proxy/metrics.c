@@ -147,7 +147,7 @@ void sg_metrics_render(const sg_worker_t *w, unsigned n, int draining, sg_strbuf
                       (unsigned long long)W(tls_stats.handshake_failures));
     header(o, "sandgate_tls_handshakes_deferred_total", "counter",
            "ClientHellos that waited for a later loop turn: the turn had spent its handshake "
-           "budget (about 1 ms) or others were waiting.");
+           "budget (about 0.5 ms) or others were waiting.");
     sg_strbuf_appendf(o, "sandgate_tls_handshakes_deferred_total %llu\n",
                       (unsigned long long)W(tls_stats.deferred));
 

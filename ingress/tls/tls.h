@@ -69,7 +69,7 @@ int sg_tls_stream_attach(sg_stream_t *s);
  * a one-label wildcard), else 0. */
 int sg_tls_stream_covers_host(sg_stream_t *s, const char *host, size_t len);
 /* Per event loop (worker thread): a loop turn then spends at most about
- * 1 ms on handshakes, further ClientHellos waiting for later turns, so a
+ * 0.5 ms on handshakes, further ClientHellos waiting for later turns, so a
  * burst of new connections cannot stall the requests of open ones
  * (hs_queue.c). Without it a handshake runs as soon as its bytes arrive.
  * sg_tls_loop_close after every stream on the loop is closed; the loop

@@ -99,7 +99,7 @@ def test_burst_of_handshakes_all_complete_and_dead_ones_leave_the_queue(tls_fact
     with Conn(sg.port) as c:
         assert c.request("GET", "/echo", sg.host(a.port)).status == 200
     # 60 ClientHellos arriving together are far more than one turn's budget
-    # (about 1 ms): most of them waited in the queue.
+    # (about 0.5 ms): most of them waited in the queue.
     with Conn(admin_port) as c:
         r = c.request("GET", "/metrics", "127.0.0.1:%d" % admin_port)
     assert r.status == 200, r
