@@ -1,5 +1,6 @@
 /* Plain TCP implementation of sg_stream_t on top of uv_tcp_t. */
 #include "net/stream.h"
+#include "net/turn_end.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -122,18 +123,15 @@ static void tcp_write_cb(uv_write_t *req, int status)
  * (EPOLL_CTL_MOD, even with unchanged events), two system calls per proxied
  * request; a direct write that takes every byte needs none. */
 typedef struct {
-    uv_check_t check; /* runs the callbacks after this turn's I/O */
-    uv_idle_t idle;   /* active while callbacks wait: the next poll does not block */
-    uv_loop_t *loop;
+    sg_turn_end_t turn_end;         /* first: the callbacks below get it */
     sg_stream_write_t *head, *tail; /* linked through w->impl */
-    int handles_open;
 } done_queue_t;
 
 static _Thread_local done_queue_t *tls_done;
 
-static void done_check_cb(uv_check_t *h)
+static void run_done(sg_turn_end_t *te)
 {
-    done_queue_t *q = h->data;
+    done_queue_t *q = (done_queue_t *)te;
     /* Callbacks may write again: those join the list and run in this pass. */
     while (q->head) {
         sg_stream_write_t *w = q->head;
@@ -143,10 +141,8 @@ static void done_check_cb(uv_check_t *h)
         w->stream->write_queue_bytes -= w->bytes;
         w->cb(w, 0);
     }
-    uv_idle_stop(&q->idle);
+    sg_turn_end_set_pending(te, 0);
 }
-
-static void done_idle_cb(uv_idle_t *h) {}
 
 static void defer_done(done_queue_t *q, sg_stream_write_t *w)
 {
@@ -156,20 +152,20 @@ static void defer_done(done_queue_t *q, sg_stream_write_t *w)
     else
         q->head = w;
     q->tail = w;
-    uv_idle_start(&q->idle, done_idle_cb);
+    sg_turn_end_set_pending(&q->turn_end, 1);
 }
 
 int sg_stream__try_write(sg_stream_t *s, const uv_buf_t *bufs, unsigned n)
 {
     done_queue_t *q = tls_done;
-    if (!q || q->loop != s->tcp.loop || s->closing) return UV_EAGAIN;
+    if (!q || q->turn_end.loop != s->tcp.loop || s->closing) return UV_EAGAIN;
     return uv_try_write((uv_stream_t *)&s->tcp, bufs, n);
 }
 
 int sg_stream__defer_done(sg_stream_t *s, sg_stream_write_t *w)
 {
     done_queue_t *q = tls_done;
-    if (!q || q->loop != s->tcp.loop) return -1;
+    if (!q || q->turn_end.loop != s->tcp.loop) return -1;
     defer_done(q, w);
     return 0;
 }
@@ -178,32 +174,24 @@ int sg_stream_tcp_loop_init(uv_loop_t *loop)
 {
     done_queue_t *q = calloc(1, sizeof(*q));
     if (!q) return UV_ENOMEM;
-    q->loop = loop;
-    uv_check_init(loop, &q->check);
-    uv_idle_init(loop, &q->idle);
-    q->check.data = q->idle.data = q;
-    q->handles_open = 2;
-    uv_check_start(&q->check, done_check_cb);
-    uv_unref((uv_handle_t *)&q->check);
+    sg_turn_end_init(&q->turn_end, loop, run_done);
     tls_done = q;
     return 0;
 }
 
-static void done_closed_cb(uv_handle_t *h)
+static void free_done_queue(sg_turn_end_t *te)
 {
-    done_queue_t *q = h->data;
-    if (--q->handles_open == 0) free(q);
+    free(te);
 }
 
 void sg_stream_tcp_loop_close(uv_loop_t *loop)
 {
     done_queue_t *q = tls_done;
-    if (!q || q->loop != loop) return;
+    if (!q || q->turn_end.loop != loop) return;
     tls_done = NULL;
     /* Every stream was closed first, and closing runs after the check
      * phase that drained the list. */
-    uv_close((uv_handle_t *)&q->check, done_closed_cb);
-    uv_close((uv_handle_t *)&q->idle, done_closed_cb);
+    sg_turn_end_close(&q->turn_end, free_done_queue);
 }
 
 static int tcp_write(sg_stream_t *s, sg_stream_write_t *w, const uv_buf_t *bufs, unsigned n,
@@ -218,7 +206,7 @@ static int tcp_write(sg_stream_t *s, sg_stream_write_t *w, const uv_buf_t *bufs,
     done_queue_t *q = tls_done;
     size_t sent = 0;
     uv_buf_t rest[8];
-    if (q && q->loop == s->tcp.loop && total && !s->closing &&
+    if (q && q->turn_end.loop == s->tcp.loop && total && !s->closing &&
         n <= sizeof(rest) / sizeof(rest[0])) {
         /* uv_try_write declines (EAGAIN) while earlier writes are queued, so
          * bytes never overtake each other. */

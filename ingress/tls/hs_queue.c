@@ -17,6 +17,8 @@
  * for no gain when there is no burst. */
 #include "tls/tls_internal.h"
 
+#include "net/turn_end.h"
+
 #include <stdlib.h>
 
 /* 0.5 ms: resumed-handshake row p99 6.7 ms against 8.2-8.9 with 1 ms
@@ -24,17 +26,12 @@
 #define SG_TLS_HS_BUDGET_NS 500000
 
 typedef struct {
-    uv_check_t check; /* runs queued handshakes after the turn's I/O callbacks */
-    uv_idle_t idle;   /* active while handshakes remain: the next poll does not block */
-    uv_loop_t *loop;
+    sg_turn_end_t turn_end; /* first: the callbacks below get it */
     sg_tls_hs_item_t *head, *tail;
     uint64_t spent_ns; /* on handshakes in this turn */
-    int handles_open;
 } hs_queue_t;
 
 static _Thread_local hs_queue_t *tls_hsq;
-
-static void idle_cb(uv_idle_t *h) {}
 
 static void unlink_item(hs_queue_t *q, sg_tls_hs_item_t *it)
 {
@@ -59,9 +56,9 @@ static void run_timed(hs_queue_t *q, sg_tls_hs_item_t *it)
 
 /* End of the turn: the queue gets what is left of the budget, and at least
  * one handshake, so it always moves. */
-static void check_cb(uv_check_t *h)
+static void run_queue(sg_turn_end_t *te)
 {
-    hs_queue_t *q = h->data;
+    hs_queue_t *q = (hs_queue_t *)te;
     int ran = 0;
     while (q->head && (!ran || q->spent_ns < SG_TLS_HS_BUDGET_NS)) {
         sg_tls_hs_item_t *it = q->head;
@@ -70,16 +67,13 @@ static void check_cb(uv_check_t *h)
         ran = 1;
     }
     q->spent_ns = 0;
-    if (q->head)
-        uv_idle_start(&q->idle, idle_cb);
-    else
-        uv_idle_stop(&q->idle);
+    sg_turn_end_set_pending(te, q->head != NULL);
 }
 
 int sg_tls__hs_submit(uv_loop_t *loop, sg_tls_hs_item_t *it)
 {
     hs_queue_t *q = tls_hsq;
-    if (!q || q->loop != loop) return -1;
+    if (!q || q->turn_end.loop != loop) return -1;
     if (it->queued) return 1;
     /* Run now while the turn has budget and nobody waits (first come,
      * first served: once a queue exists every newcomer joins it). */
@@ -108,29 +102,21 @@ int sg_tls_loop_init(uv_loop_t *loop)
 {
     hs_queue_t *q = calloc(1, sizeof(*q));
     if (!q) return UV_ENOMEM;
-    q->loop = loop;
-    uv_check_init(loop, &q->check);
-    uv_idle_init(loop, &q->idle);
-    q->check.data = q->idle.data = q;
-    q->handles_open = 2;
-    uv_check_start(&q->check, check_cb);
-    uv_unref((uv_handle_t *)&q->check);
+    sg_turn_end_init(&q->turn_end, loop, run_queue);
     tls_hsq = q;
     return 0;
 }
 
-static void closed_cb(uv_handle_t *h)
+static void free_queue(sg_turn_end_t *te)
 {
-    hs_queue_t *q = h->data;
-    if (--q->handles_open == 0) free(q);
+    free(te);
 }
 
 void sg_tls_loop_close(uv_loop_t *loop)
 {
     hs_queue_t *q = tls_hsq;
-    if (!q || q->loop != loop) return;
+    if (!q || q->turn_end.loop != loop) return;
     tls_hsq = NULL;
     /* Every stream was closed first, taking itself off the queue. */
-    uv_close((uv_handle_t *)&q->check, closed_cb);
-    uv_close((uv_handle_t *)&q->idle, closed_cb);
+    sg_turn_end_close(&q->turn_end, free_queue);
 }

@@ -7,8 +7,6 @@ fails here, on any machine."""
 import re
 import shutil
 import signal
-import socket
-import ssl
 import subprocess
 import time
 
@@ -17,6 +15,7 @@ import pytest
 from client import Conn
 from conftest import SCALE
 from test_tls import ca, tls_config, tls_factory, tls_sg  # noqa: F401 (fixtures)
+from tls_manual import ManualTlsClient
 
 IO_CALLS = ("read", "readv", "recvfrom", "write", "writev", "sendto")
 CALLS = ",".join(IO_CALLS + ("epoll_ctl", "accept4", "close"))
@@ -94,48 +93,6 @@ def test_keepalive_request_is_four_calls_and_no_epoll_changes(sg, backends, tmp_
     assert counts.get("epoll_ctl", 0) == 0, counts
 
 
-def tls13_request_with_finished(port, sni, request):
-    """A TLS 1.3 client whose Finished and first request leave in one
-    segment, as browsers and wrk send them: the server finds application
-    data already waiting when its handshake completes. Returns the raw
-    response bytes up to the peer's close."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=sni)
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10 * SCALE)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    try:
-        while True:
-            try:
-                tls.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                if outgoing.pending:
-                    sock.sendall(outgoing.read())
-                data = sock.recv(65536)
-                if not data:
-                    raise ConnectionError("closed during the handshake")
-                incoming.write(data)
-        tls.write(request)
-        sock.sendall(outgoing.read())  # Finished and the request together
-        got = b""
-        while b"\r\n\r\n" not in got or not got.endswith(b"}"):
-            data = sock.recv(65536)
-            if not data:
-                break
-            incoming.write(data)
-            try:
-                got += tls.read(65536)
-            except ssl.SSLWantReadError:
-                pass
-        return got
-    finally:
-        sock.close()
-
-
 def test_tls_connection_registers_with_epoll_once(tls_sg, backends, tmp_path):
     """A new TLS connection whose request arrives with the client's Finished
     and which closes after its response costs two or three epoll_ctl calls:
@@ -152,14 +109,16 @@ def test_tls_connection_registers_with_epoll_once(tls_sg, backends, tmp_path):
     def req(path):
         return b"GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % (path, host)
 
+    def get(path):
+        return ManualTlsClient(sg.tls_port, sni, tls13_only=True).hello_and_finish(req(path))
+
     def marker():
-        assert tls13_request_with_finished(sg.tls_port, sni, req(b"/echo?syscall-marker")).startswith(
-            b"HTTP/1.1 200")
+        assert get(b"/echo?syscall-marker").startswith(b"HTTP/1.1 200")
 
     tr = Strace(sg.pid, tmp_path / "strace.txt", marker)
     n = 20
     for i in range(n):
-        got = tls13_request_with_finished(sg.tls_port, sni, req(b"/echo?i=%d" % i))
+        got = get(b"/echo?i=%d" % i)
         assert got.startswith(b"HTTP/1.1 200"), got[:200]
     time.sleep(0.2 * SCALE)  # the last connection's close
     counts = tr.count()

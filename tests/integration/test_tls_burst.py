@@ -7,66 +7,11 @@ being served meanwhile."""
 
 import socket
 import ssl
-import struct
 
 from client import Conn
 from conftest import SCALE, free_port, parse_prometheus, wait_port
 from test_tls import TlsConn, ca, tls_config, tls_factory, tls_sg  # noqa: F401 (fixtures)
-
-
-class PendingHandshake:
-    """A TLS client driven by hand: connected and its ClientHello made at
-    creation, the ClientHello sent by hello() and the rest of the handshake
-    by finish(), so that many ClientHellos reach sandgate at once."""
-
-    def __init__(self, port, sni):
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.tls = ctx.wrap_bio(self.incoming, self.outgoing, server_hostname=sni)
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=20 * SCALE)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            self.tls.do_handshake()
-        except ssl.SSLWantReadError:
-            pass
-        self.client_hello = self.outgoing.read()
-
-    def hello(self):
-        self.sock.sendall(self.client_hello)
-
-    def reset(self):
-        """Leaves with a RST while the handshake is (likely) still queued."""
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.sock.close()
-
-    def finish(self, request):
-        while True:
-            try:
-                self.tls.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                if self.outgoing.pending:
-                    self.sock.sendall(self.outgoing.read())
-                data = self.sock.recv(65536)
-                if not data:
-                    raise ConnectionError("closed during the handshake")
-                self.incoming.write(data)
-        self.tls.write(request)
-        self.sock.sendall(self.outgoing.read())
-        got = b""
-        while b"\r\n\r\n" not in got:
-            data = self.sock.recv(65536)
-            if not data:
-                break
-            self.incoming.write(data)
-            try:
-                got += self.tls.read(65536)
-            except ssl.SSLWantReadError:
-                pass
-        self.sock.close()
-        return got
+from tls_manual import ManualTlsClient
 
 
 def test_burst_of_handshakes_all_complete_and_dead_ones_leave_the_queue(tls_factory, ca, backends):
@@ -82,7 +27,7 @@ def test_burst_of_handshakes_all_complete_and_dead_ones_leave_the_queue(tls_fact
     ctx.verify_mode = ssl.CERT_NONE
     with TlsConn(sg.tls_port, ctx, sni) as open_conn:
         assert open_conn.request("GET", "/echo?before", sg.tls_host(a.port)).status == 200
-        burst = [PendingHandshake(sg.tls_port, sni) for _ in range(60)]
+        burst = [ManualTlsClient(sg.tls_port, sni) for _ in range(60)]
         for h in burst:
             h.hello()
         # Every third one dies with its ClientHello unanswered or queued.

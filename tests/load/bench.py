@@ -1241,27 +1241,25 @@ def main():
     wait_port(BACKEND_ADDRS[0], BACKEND_PORT, backend)
     wait_port(*STATUS_ADDR, backend)
 
-    if os.environ.get("BENCH_SYSCALLS"):
-        scens = [next(sc for sc in SCENARIOS if sc["key"] == k) for k in os.environ["BENCH_SYSCALLS"].split(",")]
-        sys.stdout.write(syscall_tables(WORK, boxes, certs, ids_file, shim, scens) + "\n")
-        backend.stop()
-        shutil.rmtree(WORK, ignore_errors=True)
-        return
+    # One kind of profile alone, no table: the first of these variables set.
+    def scens_of(var):
+        return [next(sc for sc in SCENARIOS if sc["key"] == k) for k in os.environ[var].split(",")]
 
-    if os.environ.get("BENCH_PERF"):
-        for key in os.environ["BENCH_PERF"].split(","):
-            scen = next(sc for sc in SCENARIOS if sc["key"] == key)
-            for line in perf_profile(WORK, boxes, certs, ids_file, shim, scen, suffix="-" + key):
-                log(line)
-        backend.stop()
-        shutil.rmtree(WORK, ignore_errors=True)
-        return
+    def perf_rows(sc):
+        return perf_profile(WORK, boxes, certs, ids_file, shim, sc, suffix="-" + sc["key"])
 
-    if os.environ.get("BENCH_CALLGRIND"):
-        for key in os.environ["BENCH_CALLGRIND"].split(","):
-            scen = next(sc for sc in SCENARIOS if sc["key"] == key)
-            for line in callgrind_rows(WORK, boxes, certs, ids_file, shim, scen, suffix="-" + key):
-                log(line)
+    def callgrind_only(sc):
+        return callgrind_rows(WORK, boxes, certs, ids_file, shim, sc, suffix="-" + sc["key"])
+
+    for var, per_scenario in (("BENCH_SYSCALLS", None), ("BENCH_PERF", perf_rows), ("BENCH_CALLGRIND", callgrind_only)):
+        if not os.environ.get(var):
+            continue
+        if per_scenario is None:
+            sys.stdout.write(syscall_tables(WORK, boxes, certs, ids_file, shim, scens_of(var)) + "\n")
+        else:
+            for sc in scens_of(var):
+                for line in per_scenario(sc):
+                    log(line)
         backend.stop()
         shutil.rmtree(WORK, ignore_errors=True)
         return
