@@ -94,11 +94,14 @@ static void finish(sg_splice_t *sp, int status)
 static void on_poll(uv_poll_t *h, int status, int events);
 static void kick_cb(uv_idle_t *h);
 
-/* Starts watching one side, dup'ing its descriptor the first time. */
+/* Starts watching one side, dup'ing its descriptor the first time. A side
+ * already watched is left alone: libuv turns every uv_poll_start, even one
+ * that changes nothing, into EPOLL_CTL_ADD -> EEXIST -> EPOLL_CTL_MOD. */
 static int watch(sg_splice_t *sp, int to_side)
 {
     uv_poll_t *h = to_side ? &sp->poll_to : &sp->poll_from;
     int *dupfd = to_side ? &sp->dup_to : &sp->dup_from;
+    if (*dupfd >= 0 && uv_is_active((uv_handle_t *)h)) return 0;
     if (*dupfd < 0) {
         int fd = fcntl(to_side ? sp->to_fd : sp->from_fd, F_DUPFD_CLOEXEC, 0);
         if (fd < 0) return -errno;
@@ -116,8 +119,9 @@ static int watch(sg_splice_t *sp, int to_side)
 
 static void unwatch(sg_splice_t *sp, int to_side)
 {
-    if ((to_side ? sp->dup_to : sp->dup_from) >= 0)
-        uv_poll_stop(to_side ? &sp->poll_to : &sp->poll_from);
+    uv_poll_t *h = to_side ? &sp->poll_to : &sp->poll_from;
+    if ((to_side ? sp->dup_to : sp->dup_from) >= 0 && uv_is_active((uv_handle_t *)h))
+        uv_poll_stop(h);
 }
 
 /* Moves what the sockets allow now; then waits on exactly one side: the

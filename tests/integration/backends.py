@@ -8,8 +8,9 @@ connection (id, peer port, raw bytes received) and answers on a few paths:
                                 length and sha256, trailers, connection id.
   /status/<code>                answers with that status (204/304 without body,
                                 304 carries Content-Length: 5).
-  /download?size=N&mode=cl|chunked|close[&trailers=1]
-                                N bytes of the deterministic payload.
+  /download?size=N&mode=cl|chunked|close[&trailers=1][&chunk=B&gap=S]
+                                N bytes of the deterministic payload; with
+                                gap, in pieces of B bytes S seconds apart.
   /sse?mode=chunked|close&gap=S event "one", sleep S, event "two".
   /partial?size=N&sent=M&mode=cl|chunked&how=fin|rst
                                 announces N bytes, sends M, then dies.
@@ -316,11 +317,17 @@ class RawBackend:
         mode = req.query.get("mode", "cl")
         trailers = req.query.get("trailers") == "1"
         step = int(req.query.get("chunk", str(BLOCK)))
+        gap = float(req.query.get("gap", "0"))
         if mode == "cl":
             req.send(("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
                       "Content-Length: %d\r\n\r\n" % size).encode())
             for mv in iter_payload(size):
-                req.send(mv)
+                if not gap:
+                    req.send(mv)
+                    continue
+                for off in range(0, len(mv), step):
+                    time.sleep(gap)
+                    req.send(mv[off: off + step])
             return True
         if mode == "chunked":
             h = hashlib.sha256()

@@ -4,6 +4,7 @@ three quarters of sandgate's CPU time is the kernel), and unlike timings
 they are exact: a change that adds a call to every request or connection
 fails here, on any machine."""
 
+import hashlib
 import re
 import shutil
 import signal
@@ -14,11 +15,12 @@ import pytest
 
 from client import Conn
 from conftest import SCALE
+from httpio import payload_sha256
 from test_tls import ca, tls_config, tls_factory, tls_sg  # noqa: F401 (fixtures)
 from tls_manual import ManualTlsClient
 
 IO_CALLS = ("read", "readv", "recvfrom", "write", "writev", "sendto")
-CALLS = ",".join(IO_CALLS + ("epoll_ctl", "accept4", "close"))
+CALLS = ",".join(IO_CALLS + ("epoll_ctl", "accept4", "close", "splice"))
 # With -yy strace names a socket descriptor "17<TCP:[a:p->b:q]>"; file
 # descriptors (the access log) are left out of the counts.
 LINE = re.compile(r"^\d+\s+(\w+)\((?:\d+(<[^>]*>)?)?")
@@ -57,12 +59,16 @@ class Strace:
                 self.proc.kill()
                 self.proc.wait()
 
-    def count(self):
+    def lines(self):
+        """The calls traced after the last marker (stops tracing)."""
         self.stop()
         lines = self.path.read_text(errors="replace").splitlines()
         last = max(i for i, line in enumerate(lines) if "syscall-marker" in line)
+        return lines[last + 1:]
+
+    def count(self):
         counts = {}
-        for line in lines[last + 1:]:
+        for line in self.lines():
             m = LINE.match(line)
             if not m or (m.group(1) in IO_CALLS and not (m.group(2) or "").startswith("<TCP")):
                 continue
@@ -128,3 +134,47 @@ def test_tls_connection_registers_with_epoll_once(tls_sg, backends, tmp_path):
     # re-arms the socket once (EPOLL_CTL_MOD); 85 in all before the
     # handshake's end and the lingering close stopped toggling the socket.
     assert counts.get("epoll_ctl", 0) <= 3 * n + 2, counts
+
+
+# splice(2) from a socket into the pipe vs from the pipe into a socket, as
+# strace -yy shows them, and whether the call would have blocked.
+SPLICE = re.compile(r"^\d+\s+splice\(\d+<(TCP|pipe)[^)]*\)\s*=\s*(-1 EAGAIN)?")
+
+
+def test_spliced_body_waits_without_epoll_churn(sg, backends, tmp_path):
+    """A large response moves by splice; whenever a splice would block, the
+    move waits on exactly one socket. Waiting again on the side already
+    watched must cost no epoll_ctl: libuv turns even an unchanged
+    uv_poll_start into ADD -> EEXIST -> MOD, which cost about 14 epoll_ctl
+    per spliced 1 MiB in the load benchmark. Switching sides costs at most
+    three (start the other side, which may be ADD -> EEXIST -> MOD, and
+    libuv's lazy removal of the side stopped). A move's fixed cost is about
+    seven: uv_poll_init on the dup'd descriptor probes it (ADD, DEL, DEL),
+    the watch (ADD) and its close (DEL), and the sandbox socket's own
+    registration, dropped while the splice reads it and restored after."""
+    a, _ = backends
+    size = 8 << 20
+
+    with Conn(sg.port, timeout=30 * SCALE) as c:
+        def marker():
+            assert c.request("GET", "/echo?syscall-marker", sg.host(a.port)).status == 200
+
+        tr = Strace(sg.pid, tmp_path / "strace.txt", marker)
+        # 128 KiB pieces 5 ms apart: the move drains each piece, then waits
+        # for the sandbox's socket again and again.
+        r = c.request("GET", "/download?size=%d&chunk=131072&gap=0.005" % size, sg.host(a.port))
+        assert r.status == 200 and len(r.body) == size
+        assert hashlib.sha256(r.body).hexdigest() == payload_sha256(size)
+        lines = tr.lines()
+    waits, moved = [], 0
+    for line in lines:
+        m = SPLICE.match(line)
+        if m:
+            moved += 1
+            if m.group(2):
+                waits.append("from" if m.group(1) == "TCP" else "to")
+    epoll_ctl = sum(1 for line in lines if LINE.match(line) and LINE.match(line).group(1) == "epoll_ctl")
+    switches = sum(1 for x, y in zip(waits, waits[1:]) if x != y)
+    assert moved >= 2 * size // (256 << 10), (moved, lines[:20])  # the body took the splice path
+    assert len(waits) - switches >= 32, waits
+    assert epoll_ctl <= 3 * switches + 8, (epoll_ctl, switches, waits)
