@@ -128,9 +128,6 @@ struct sg_conn_s {
 
 /* conn.c */
 void sg_conn_accept(sg_worker_t *w, sg_listener_t *listener);
-/* Frees the request buffers idle connections gave back (worker teardown,
- * after every connection is freed). */
-void sg_conn_free_spares(sg_worker_t *w);
 void sg_conn_close(sg_conn_t *c);
 /* True between requests with nothing received or owed (safe to close when
  * draining). */
@@ -138,6 +135,17 @@ int sg_conn_is_idle(const sg_conn_t *c);
 /* Drops one reference; frees the connection at zero. */
 void sg_conn_unref(sg_conn_t *c);
 void sg_conn_send_error(sg_conn_t *c, sg_err_t err, const char *detail, int port);
+
+/* conn_buffers.c: a request's heap buffers (head bytes, parser arrays, the
+ * rewritten heads) lent to the worker while the connection is idle. */
+/* Between requests, with nothing received or owed, and when the connection
+ * is freed. A buffer a write in flight still reads stays with c. */
+void sg_conn_give_request_buffers(sg_conn_t *c);
+/* A request starts: takes a kit if the worker has one. */
+void sg_conn_take_request_buffers(sg_conn_t *c);
+/* Frees the request buffers idle connections gave back (worker teardown,
+ * after every connection is freed). */
+void sg_conn_free_spares(sg_worker_t *w);
 /* Enters timer phase `kind`, timing out ms from now (proxy/timer.c). The
  * uv timer is only restarted when this deadline is earlier than the one it
  * is armed for; an early firing re-arms itself, so the timeout callback
