@@ -16,7 +16,7 @@ import time
 import pytest
 
 from client import Conn, build_request
-from conftest import SANITIZED, SCALE
+from conftest import SANITIZED, SCALE, free_port, parse_prometheus, wait_port
 from httpio import SockReader
 from test_tls import TlsConn, ca, tls_config, tls_factory, tls_sg  # noqa: F401 (fixtures)
 
@@ -365,7 +365,26 @@ def test_idle_tls_connection_memory(tls_factory, ca, backends):
     connection before the record layer took over, and request buffers kept
     between requests ~5 KB more)."""
     a, _ = backends
-    sg = tls_factory(tls_config([ca.issue(["*.sandbox.test"])], workers=1))
+    admin_port = free_port()
+    sg = tls_factory(tls_config([ca.issue(["*.sandbox.test"])], workers=1,
+                                admin={"listen": ["127.0.0.1:%d" % admin_port]}))
+    wait_port(admin_port, 10 * SCALE, proc=sg.proc)
+
+    def handshakes_done(at_least):
+        """Waits until the server has finished at_least handshakes: a TLS 1.3
+        client is done before the server has read its Finished, and until
+        then the server still holds OpenSSL's state for the connection."""
+        deadline = time.monotonic() + 20 * SCALE
+        while True:
+            with Conn(admin_port) as c:
+                r = c.request("GET", "/metrics", "127.0.0.1:%d" % admin_port)
+            assert r.status == 200, r
+            done = parse_prometheus(r.body.decode()).value("sandgate_tls_handshakes_total", result="ok")
+            if done >= at_least:
+                return
+            assert time.monotonic() < deadline, (done, at_least)
+            time.sleep(0.05)
+
     ctx = ca.client_context()
     sni = "%d-abc.sandbox.test" % a.port
     host = sg.tls_host(a.port)
@@ -379,7 +398,8 @@ def test_idle_tls_connection_memory(tls_factory, ca, backends):
     try:
         for _ in range(n):
             conns.append(TlsConn(sg.tls_port, ctx, sni))
-        time.sleep(0.3)
+        handshakes_done(20 + n)
+        time.sleep(0.1)
         after_hs = sg.rss_kib()
         for c in conns:
             r = c.request("GET", "/echo", host=host)
