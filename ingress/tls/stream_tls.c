@@ -350,29 +350,49 @@ static int tls_read_stop(sg_stream_t *base)
     return 0;
 }
 
+/* Ciphertext goes to the socket every SG_TLS_FLUSH_BYTES of plaintext, not
+ * in one writev per call: TCP paces a socket (BBR, or fq) at about the rate
+ * it delivers, and a burst of several records written at once runs ahead of
+ * that, so the kernel holds the rest back and arms a pacing timer that
+ * sends it later from a softirq: about 6 timers per 1 MiB response, and
+ * 17% of the proxy's CPU time in the 1 MiB HTTPS benchmark. Sealing takes
+ * about as long as the wire needs for the bytes sealed, so writing every
+ * two records keeps the socket within its pace (nginx, writing each record
+ * as SSL_write makes it, gets there the same way). */
+#define SG_TLS_FLUSH_BYTES (2 * SG_TLS_MAX_PLAINTEXT)
+
 static int tls_write(sg_stream_t *base, sg_stream_write_t *w, const uv_buf_t *bufs, unsigned n,
                      sg_stream_write_cb cb)
 {
     sg_tls_stream_t *s = T(base);
     if (!s->handshake_done || s->failed || base->closing) return UV_ENOTCONN;
-    size_t total = 0;
+    size_t total = 0, unflushed = 0;
     w->stream = base;
     w->cb = cb;
     for (unsigned i = 0; i < n; i++) {
-        if (!bufs[i].len) continue;
-        if (s->offloaded) {
-            if (sg_tls__tx_seal(s, SG_TLS_CT_APPLICATION_DATA, bufs[i].base, bufs[i].len) != 0) {
+        const char *p = bufs[i].base;
+        size_t left = bufs[i].len;
+        while (left) {
+            size_t k = left < SG_TLS_MAX_PLAINTEXT ? left : SG_TLS_MAX_PLAINTEXT;
+            if (unflushed >= SG_TLS_FLUSH_BYTES) {
+                int rc = sg_tls__flush_tx(s, NULL);
+                if (rc) return rc; /* what was submitted completes on its own */
+                unflushed = 0;
+            }
+            int failed;
+            if (s->offloaded) {
+                failed = sg_tls__tx_seal(s, SG_TLS_CT_APPLICATION_DATA, p, k) != 0;
+            } else {
+                clear_ssl_errors();
+                failed = SSL_write(s->ssl, p, (int)k) <= 0;
+            }
+            if (failed) {
                 sg_tls__flush_tx(s, NULL);
                 return UV_EPROTO;
             }
-            total += bufs[i].len;
-            continue;
-        }
-        clear_ssl_errors();
-        int r = SSL_write(s->ssl, bufs[i].base, (int)bufs[i].len);
-        if (r <= 0) {
-            sg_tls__flush_tx(s, NULL);
-            return UV_EPROTO;
+            p += k;
+            left -= k;
+            unflushed += k;
         }
         total += bufs[i].len;
     }
