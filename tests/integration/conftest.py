@@ -531,7 +531,39 @@ def kill9(sg):
 # and a strict parser of the Prometheus text exposition format.
 
 
-class OpsSandgate(Sandgate):
+class AdminMetrics:
+    """The admin API and /metrics of a sandgate whose admin listener is on
+    127.0.0.1:self.admin_port (set by the owner)."""
+
+    def admin(self, method, path, body=None, headers=(), timeout=10 * SCALE):
+        from client import Conn
+
+        hs = list(headers) + [("Connection", "close")]
+        with Conn(self.admin_port, timeout=timeout) as c:
+            return c.request(method, path, host="127.0.0.1:%d" % self.admin_port,
+                             headers=hs, body=body)
+
+    def metrics_text(self):
+        r = self.admin("GET", "/metrics")
+        assert r.status == 200, r
+        ctype = r.header("Content-Type") or ""
+        assert ctype.startswith("text/plain") and "version=0.0.4" in ctype, ctype
+        return r.body.decode("utf-8")
+
+    def metrics(self):
+        return parse_prometheus(self.metrics_text())
+
+    def wait_metric(self, name, labels, pred, timeout=5 * SCALE):
+        """Polls /metrics until pred(value) holds; returns the last value."""
+        deadline = time.monotonic() + timeout
+        while True:
+            v = self.metrics().value(name, **labels)
+            if pred(v) or time.monotonic() >= deadline:
+                return v
+            time.sleep(0.05)
+
+
+class OpsSandgate(AdminMetrics, Sandgate):
     """Sandgate with named listeners and an admin listener on fresh ports.
 
     `listeners` maps a name to the listener's extra YAML fields, e.g.
@@ -647,34 +679,6 @@ class OpsSandgate(Sandgate):
             time.sleep(0.02)
         raise AssertionError("%r not logged %d times within %.0fs; stderr:\n%s"
                              % (text, count, timeout, self.stderr_text()[-3000:]))
-
-    # -- admin API ------------------------------------------------------------
-    def admin(self, method, path, body=None, headers=(), timeout=10 * SCALE):
-        from client import Conn
-
-        hs = list(headers) + [("Connection", "close")]
-        with Conn(self.admin_port, timeout=timeout) as c:
-            return c.request(method, path, host="127.0.0.1:%d" % self.admin_port,
-                             headers=hs, body=body)
-
-    def metrics_text(self):
-        r = self.admin("GET", "/metrics")
-        assert r.status == 200, r
-        ctype = r.header("Content-Type") or ""
-        assert ctype.startswith("text/plain") and "version=0.0.4" in ctype, ctype
-        return r.body.decode("utf-8")
-
-    def metrics(self):
-        return parse_prometheus(self.metrics_text())
-
-    def wait_metric(self, name, labels, pred, timeout=5 * SCALE):
-        """Polls /metrics until pred(value) holds; returns the last value."""
-        deadline = time.monotonic() + timeout
-        while True:
-            v = self.metrics().value(name, **labels)
-            if pred(v) or time.monotonic() >= deadline:
-                return v
-            time.sleep(0.05)
 
     # -- process ---------------------------------------------------------------
     def signal(self, signum):

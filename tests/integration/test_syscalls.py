@@ -136,6 +136,19 @@ def test_tls_connection_registers_with_epoll_once(tls_sg, backends, tmp_path):
     assert counts.get("epoll_ctl", 0) <= 3 * n + 2, counts
 
 
+def traced_download(pid, conn, host, size, query, tmp_path):
+    """Downloads size payload bytes over conn with sandgate (pid) under
+    strace; checks the body and returns the calls traced for it."""
+    def marker():
+        assert conn.request("GET", "/echo?syscall-marker", host).status == 200
+
+    tr = Strace(pid, tmp_path / "strace.txt", marker)
+    r = conn.request("GET", "/download?size=%d%s" % (size, query), host)
+    assert r.status == 200 and len(r.body) == size
+    assert hashlib.sha256(r.body).hexdigest() == payload_sha256(size)
+    return tr.lines()
+
+
 # splice(2) from a socket into the pipe vs from the pipe into a socket, as
 # strace -yy shows them, and whether the call would have blocked.
 SPLICE = re.compile(r"^\d+\s+splice\(\d+<(TCP|pipe)[^)]*\)\s*=\s*(-1 EAGAIN)?")
@@ -156,16 +169,9 @@ def test_spliced_body_waits_without_epoll_churn(sg, backends, tmp_path):
     size = 8 << 20
 
     with Conn(sg.port, timeout=30 * SCALE) as c:
-        def marker():
-            assert c.request("GET", "/echo?syscall-marker", sg.host(a.port)).status == 200
-
-        tr = Strace(sg.pid, tmp_path / "strace.txt", marker)
         # 128 KiB pieces 5 ms apart: the move drains each piece, then waits
         # for the sandbox's socket again and again.
-        r = c.request("GET", "/download?size=%d&chunk=131072&gap=0.005" % size, sg.host(a.port))
-        assert r.status == 200 and len(r.body) == size
-        assert hashlib.sha256(r.body).hexdigest() == payload_sha256(size)
-        lines = tr.lines()
+        lines = traced_download(sg.pid, c, sg.host(a.port), size, "&chunk=131072&gap=0.005", tmp_path)
     waits, moved = [], 0
     for line in lines:
         m = SPLICE.match(line)
@@ -173,7 +179,7 @@ def test_spliced_body_waits_without_epoll_churn(sg, backends, tmp_path):
             moved += 1
             if m.group(2):
                 waits.append("from" if m.group(1) == "TCP" else "to")
-    epoll_ctl = sum(1 for line in lines if LINE.match(line) and LINE.match(line).group(1) == "epoll_ctl")
+    epoll_ctl = sum(1 for line in lines if (m := LINE.match(line)) and m.group(1) == "epoll_ctl")
     switches = sum(1 for x, y in zip(waits, waits[1:]) if x != y)
     assert moved >= 2 * size // (256 << 10), (moved, lines[:20])  # the body took the splice path
     assert len(waits) - switches >= 32, waits
@@ -191,14 +197,7 @@ def test_tls_response_leaves_in_writes_of_two_records(tls_sg, ca, backends, tmp_
     size = 4 << 20
     record = 16384 + 22  # full plaintext, header, content type, tag
     with TlsConn(sg.tls_port, ca.client_context(), "%d-abc.sandbox.test" % a.port) as c:
-        def marker():
-            assert c.request("GET", "/echo?syscall-marker", sg.tls_host(a.port)).status == 200
-
-        tr = Strace(sg.pid, tmp_path / "strace.txt", marker)
-        r = c.request("GET", "/download?size=%d" % size, sg.tls_host(a.port))
-        assert r.status == 200 and len(r.body) == size
-        assert hashlib.sha256(r.body).hexdigest() == payload_sha256(size)
-        lines = tr.lines()
+        lines = traced_download(sg.pid, c, sg.tls_host(a.port), size, "", tmp_path)
     client = re.compile(r"^\d+\s+(?:write|writev|sendto|sendmsg)\(\d+<TCP:\[[^\]]*:%d->" % sg.tls_port)
     sizes = [int(line.rsplit("= ", 1)[1].split()[0]) for line in lines
              if client.match(line) and not line.rstrip().endswith("EAGAIN (Resource temporarily unavailable)")]

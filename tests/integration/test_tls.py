@@ -26,7 +26,7 @@ import websockets
 
 from backends import WsBackend
 from client import Closed, Conn, build_request
-from conftest import (RSS_GROWTH_LIMIT_KIB, SANDGATE_BIN, SANITIZED, SANITIZER_MARKERS, SCALE, Sandgate,
+from conftest import (AdminMetrics, RSS_GROWTH_LIMIT_KIB, SANDGATE_BIN, SANITIZED, SANITIZER_MARKERS, SCALE, Sandgate,
                       default_config, free_port, to_yaml)
 from httpio import BLOCK, SockReader, iter_payload, payload_sha256, wait_closed
 from tls_certs import ScratchCA, served_cert, write_other_key
@@ -38,15 +38,17 @@ GiB = 1 << 30
 # sandgate with a plain and a TLS listener
 
 
-class TlsSandgate(Sandgate):
+class TlsSandgate(AdminMetrics, Sandgate):
     """Sandgate with listeners 127.0.0.1:port (plain) and 127.0.0.1:tls_port
-    (TLS). `args` may use {port} and {tls_port}."""
+    (TLS). `args` may use {port} and {tls_port}. A test that configures an
+    admin listener sets `admin_port` to use metrics()."""
 
     def __init__(self, workdir, config, args=(), name="tlsgate"):
         super().__init__(workdir, config, (), None, name)
         self.base_config = config
         self.raw_args = list(args)
         self.tls_port = None
+        self.admin_port = None
 
     def _full_config(self, cfg):
         cfg = dict(cfg)

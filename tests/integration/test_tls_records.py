@@ -17,7 +17,7 @@ import time
 import pytest
 
 from client import Conn, build_request
-from conftest import SANDGATE_BIN, SANITIZED, SCALE, free_port, parse_prometheus, wait_port
+from conftest import SANDGATE_BIN, SANITIZED, SCALE, free_port, wait_port
 from httpio import SockReader
 from test_tls import TlsConn, ca, tls_config, tls_factory, tls_sg  # noqa: F401 (fixtures)
 
@@ -370,21 +370,15 @@ def test_idle_tls_connection_memory(tls_factory, ca, backends):
     sg = tls_factory(tls_config([ca.issue(["*.sandbox.test"])], workers=1,
                                 admin={"listen": ["127.0.0.1:%d" % admin_port]}))
     wait_port(admin_port, 10 * SCALE, proc=sg.proc)
+    sg.admin_port = admin_port
 
     def handshakes_done(at_least):
-        """Waits until the server has finished at_least handshakes: a TLS 1.3
-        client is done before the server has read its Finished, and until
-        then the server still holds OpenSSL's state for the connection."""
-        deadline = time.monotonic() + 20 * SCALE
-        while True:
-            with Conn(admin_port) as c:
-                r = c.request("GET", "/metrics", "127.0.0.1:%d" % admin_port)
-            assert r.status == 200, r
-            done = parse_prometheus(r.body.decode()).value("sandgate_tls_handshakes_total", result="ok")
-            if done >= at_least:
-                return
-            assert time.monotonic() < deadline, (done, at_least)
-            time.sleep(0.05)
+        """A TLS 1.3 client is done before the server has read its Finished,
+        and until then the server still holds OpenSSL's state for the
+        connection: wait for the server's count."""
+        done = sg.wait_metric("sandgate_tls_handshakes_total", {"result": "ok"}, lambda v: v >= at_least,
+                              timeout=20 * SCALE)
+        assert done >= at_least, (done, at_least)
 
     ctx = ca.client_context()
     sni = "%d-abc.sandbox.test" % a.port
