@@ -150,6 +150,11 @@ void sg_metrics_render(const sg_worker_t *w, unsigned n, int draining, sg_strbuf
            "budget (about 0.5 ms) or others were waiting.");
     sg_strbuf_appendf(o, "sandgate_tls_handshakes_deferred_total %llu\n",
                       (unsigned long long)W(tls_stats.deferred));
+    header(o, "sandgate_tls_early_input_refused_total", "counter",
+           "Connections closed for sending more than 64 KiB while their ClientHello waited for "
+           "its turn (no ClientHello is that large); also counted as failed handshakes.");
+    sg_strbuf_appendf(o, "sandgate_tls_early_input_refused_total %llu\n",
+                      (unsigned long long)W(tls_stats.early_input_refused));
 
     header(o, "sandgate_bytes_total", "counter", "Bytes from and to clients.");
     sg_strbuf_appendf(o, "sandgate_bytes_total{direction=\"in\"} %llu\n",

@@ -254,9 +254,15 @@ static void tcp_read_cb(uv_stream_t *h, ssize_t nread, const uv_buf_t *ub)
          * while rx holds input). */
         sg_buf_t *j = sg_buf_alloc(s->base.pool);
         if (s->rx_len + (size_t)nread > j->cap) {
+            sg_log_debug("tls: %zu bytes arrived before the handshake ran, more than %zu; "
+                         "connection refused",
+                         s->rx_len + (size_t)nread, (size_t)j->cap);
             sg_buf_unref(j);
             sg_buf_unref(b);
-            if (!s->handshake_done && s->counters) sg_counter_inc(&s->counters->handshake_failures);
+            if (!s->handshake_done && s->counters) {
+                sg_counter_inc(&s->counters->handshake_failures);
+                sg_counter_inc(&s->counters->early_input_refused);
+            }
             sg_tls__fail(s, UV_EPROTO);
             return;
         }

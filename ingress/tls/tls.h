@@ -45,6 +45,11 @@ typedef struct {
     sg_counter_t handshake_failures; /* garbage or protocol refusal; timeouts excluded */
     sg_counter_t resumed;
     sg_counter_t deferred; /* ClientHellos that waited: the turn's handshake budget was spent */
+    /* Connections refused for sending more than a read buffer (64 KiB)
+     * while their ClientHello waited in the queue: no ClientHello is that
+     * large, and nothing else may precede the handshake. Also counted in
+     * handshake_failures. */
+    sg_counter_t early_input_refused;
 } sg_tls_counters_t;
 
 /* A server-side TLS stream over an accepted TCP socket. Same contracts as

@@ -614,6 +614,7 @@ REQUIRED_FAMILIES = {
     "sandgate_lookups_total": "counter",
     "sandgate_tls_handshakes_total": "counter",
     "sandgate_tls_handshakes_deferred_total": "counter",
+    "sandgate_tls_early_input_refused_total": "counter",
     "sandgate_bytes_total": "counter",
     "sandgate_spliced_bytes_total": "counter",
     "sandgate_first_byte_seconds": "histogram",

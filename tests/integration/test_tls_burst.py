@@ -69,3 +69,64 @@ def test_connection_closed_by_handshake_timeout_while_queued(tls_factory, ca, ba
     ctx = ca.client_context()
     with TlsConn(sg.tls_port, ctx, "%d-abc.sandbox.test" % a.port) as c:
         assert c.request("GET", "/echo", sg.tls_host(a.port)).status == 200
+
+
+def _read_until_closed(sock):
+    """Everything the server sends until it closes (FIN or RST)."""
+    got = b""
+    sock.settimeout(10 * SCALE)
+    while True:
+        try:
+            data = sock.recv(65536)
+        except ConnectionResetError:
+            return got
+        if not data:
+            return got
+        got += data
+
+
+def test_more_than_a_buffer_before_a_queued_handshake_is_refused_unanswered(tls_factory, ca, backends):
+    """A ClientHello waiting in the queue keeps its bytes in a 64 KiB read
+    buffer while the socket is read on. A client that sends more than that
+    before its turn comes is no TLS client: sandgate closes it without
+    answering the ClientHello (no ServerHello) and counts it, instead of
+    dropping bytes and handshaking on a cut stream."""
+    a, _ = backends
+    admin_port = free_port()
+    sg = tls_factory(tls_config([ca.issue(["*.sandbox.test"])], admin={"listen": ["127.0.0.1:%d" % admin_port]}))
+    wait_port(admin_port, 10 * SCALE, proc=sg.proc)
+    sg.admin_port = admin_port
+    before = sg.metrics()
+    sni = "%d-abc.sandbox.test" % a.port
+    flood = [ManualTlsClient(sg.tls_port, sni) for _ in range(60)]
+    for h in flood:
+        h.hello()
+    # 64 KiB more on each: with its ClientHello that is more than a buffer.
+    # The ones whose handshake already ran fail on these bytes (not TLS
+    # records) after their ServerHello; the queued ones must be refused.
+    junk = b"\x00" * 65536
+    for h in flood:
+        try:
+            h.sock.sendall(junk)
+        except OSError:
+            pass  # already closed by sandgate
+    answered = 0
+    for h in flood:
+        got = _read_until_closed(h.sock)
+        h.sock.close()
+        assert got == b"" or got[0] == 0x16, got[:16]  # nothing, or a handshake record first
+        answered += got[:1] == b"\x16"
+    after = sg.metrics()
+    refused = after.value("sandgate_tls_early_input_refused_total") - before.value(
+        "sandgate_tls_early_input_refused_total")
+    failed = after.value("sandgate_tls_handshakes_total", result="failed") - before.value(
+        "sandgate_tls_handshakes_total", result="failed")
+    # 60 ClientHellos at once are far beyond one turn's budget: many wait.
+    assert refused >= 1, (refused, answered)
+    # Each connection failed exactly once, refused or not ...
+    assert failed == len(flood), (failed, refused)
+    # ... and a refused one never got an answer to its ClientHello.
+    assert answered <= len(flood) - refused, (answered, refused)
+    ctx = ca.client_context()
+    with TlsConn(sg.tls_port, ctx, sni) as c:
+        assert c.request("GET", "/echo", sg.tls_host(a.port)).status == 200
