@@ -29,6 +29,7 @@ void sg_conn_unref(sg_conn_t *c)
     if (--c->refs) return;
     /* Nothing is in flight any more: every buffer can serve another
      * connection (new connections take them like idle ones do). */
+    sg_relay_reset_response_input(c);
     sg_conn_give_request_buffers(c);
     sg_h1_free(&c->req);
     sg_h1_free(&c->res);
@@ -179,9 +180,8 @@ static void reset_request(sg_conn_t *c)
     c->req_bytes_in = c->req_bytes_out = 0;
     c->upstream_addr[0] = '\0';
     c->route = (sg_route_t){0};
-    c->res_parsed = 0;
     c->host = sg_slice(NULL, 0);
-    sg_strbuf_reset(&c->res_head);
+    sg_relay_reset_response_input(c);
 }
 
 /* Starts the next request on a kept-alive connection: bytes that arrived
@@ -483,8 +483,7 @@ void sg_conn_upstream_ready(sg_conn_t *c, sg_upstream_t *up, int from_pool)
     sg_h1_reset(&c->res, HTTP_RESPONSE);
     c->res.skip_body = c->head_method;
     c->res.expect_upgrade = c->upgrade;
-    sg_strbuf_reset(&c->res_head);
-    c->res_parsed = 0;
+    sg_relay_reset_response_input(c);
     c->interim_count = 0;
     sg_stream_read_start(&up->stream, sg_relay_upstream_read_cb);
 

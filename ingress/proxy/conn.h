@@ -86,8 +86,16 @@ struct sg_conn_s {
 
     /* response */
     sg_h1_parser_t res;
+    /* The bytes the response head parser reads (relay.c): res_head's
+     * gathered copy when the head spans reads, or the usual case, a head
+     * that came whole in one read, parsed where it arrived: res_in points
+     * into res_in_buf, referenced until the next response, so body bytes
+     * that came with the head are written from it too (never copied). */
     sg_strbuf_t res_head;
-    size_t res_parsed;
+    const char *res_in;
+    size_t res_in_len;
+    sg_buf_t *res_in_buf;
+    size_t res_parsed; /* bytes of res_in the parser consumed */
     sg_strbuf_t res_out;
     sg_http_response_t response;
     int status;
@@ -177,6 +185,10 @@ void sg_relay_write_strbuf(sg_conn_t *c, int to_upstream, sg_strbuf_t *sb);
 void sg_relay_upstream_read_cb(sg_stream_t *s, ssize_t nread, sg_buf_t *buf);
 void sg_relay_tunnel_client_data(sg_conn_t *c, ssize_t nread, sg_buf_t *buf);
 void sg_relay_detach_upstream(sg_conn_t *c, int reusable);
+/* Forgets the response head input (res_head, res_in, res_parsed), dropping
+ * the read buffer it may reference: before each response attempt and when
+ * the connection goes. */
+void sg_relay_reset_response_input(sg_conn_t *c);
 /* After body bytes were forwarded: hands the rest of a large Content-Length
  * request body to splice(2) when both sockets are plain (see relay.c). */
 void sg_relay_splice_request_body(sg_conn_t *c);

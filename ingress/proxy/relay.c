@@ -112,20 +112,24 @@ static void fwd_write_cb(sg_stream_write_t *sw, int status)
     sg_conn_unref(c);
 }
 
-static void submit(sg_conn_t *c, sg_fwd_write_t *fw, int to_upstream, const char *data, size_t len)
+/* One write of bufs[0..n) (n <= 2): the memory stays valid until
+ * fwd_write_cb, held by fw (buf, heap) or by the connection (its strbufs). */
+static void submit_bufs(sg_conn_t *c, sg_fwd_write_t *fw, int to_upstream, const uv_buf_t *bufs,
+                        unsigned n)
 {
     sg_stream_t *dst = to_upstream ? &c->up->stream : &c->client;
+    size_t len = 0;
+    for (unsigned i = 0; i < n; i++) len += bufs[i].len;
     fw->conn = c;
     fw->to_upstream = to_upstream;
     fw->up = to_upstream ? c->up : NULL;
     fw->w.data = fw;
-    uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
     c->refs++;
     if (to_upstream)
         c->upstream_writes++;
     else
         c->client_writes++, c->req_bytes_out += len, sg_counter_add(&c->w->stats.bytes_out, len);
-    int rc = sg_stream_write(dst, &fw->w, &b, 1, fwd_write_cb);
+    int rc = sg_stream_write(dst, &fw->w, bufs, n, fwd_write_cb);
     if (rc) {
         /* Report like an asynchronous failure so there is one error path. */
         sg_log_debug("write failed: %s", uv_strerror(rc));
@@ -144,6 +148,12 @@ static void submit(sg_conn_t *c, sg_fwd_write_t *fw, int to_upstream, const char
             set_upstream_reading(c);
         }
     }
+}
+
+static void submit(sg_conn_t *c, sg_fwd_write_t *fw, int to_upstream, const char *data, size_t len)
+{
+    uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+    submit_bufs(c, fw, to_upstream, &b, 1);
 }
 
 void sg_relay_write(sg_conn_t *c, int to_upstream, const char *data, size_t len, sg_buf_t *buf)
@@ -325,9 +335,8 @@ static void tunnel_start(sg_conn_t *c)
     sg_conn_arm_timer(c, SG_TIMER_IDLE, c->w->config->timeouts.stream_idle_ms);
     /* Upstream bytes that followed the 101 head, and client bytes that
      * followed the upgrade request, start the tunnel in order. */
-    if (c->res_parsed < c->res_head.len)
-        sg_relay_write_copy(c, 0, c->res_head.base + c->res_parsed,
-                            c->res_head.len - c->res_parsed);
+    if (c->res_parsed < c->res_in_len)
+        sg_relay_write_copy(c, 0, c->res_in + c->res_parsed, c->res_in_len - c->res_parsed);
     if (c->inbuf.len) {
         sg_relay_write_copy(c, 1, c->inbuf.base, c->inbuf.len);
         sg_strbuf_reset(&c->inbuf);
@@ -335,7 +344,75 @@ static void tunnel_start(sg_conn_t *c)
     sg_conn_update_reading(c);
 }
 
-static void final_head(sg_conn_t *c, const sg_h1_response_head_t *h)
+/* Where the latest upstream read lies in res_in: its bytes are
+ * res_in[start, res_in_len), found at data in buf. */
+typedef struct {
+    sg_buf_t *buf;
+    const char *data;
+    size_t start;
+} read_tail_t;
+
+/* res_in loses its first n bytes (a passed-on 1xx head). */
+static void drop_response_input(sg_conn_t *c, size_t n, read_tail_t *tail)
+{
+    if (c->res_in_buf) {
+        c->res_in += n; /* parsed in place: only the view moves */
+    } else {
+        memmove(c->res_head.base, c->res_head.base + n, c->res_head.len - n);
+        c->res_head.len -= n;
+        c->res_in = c->res_head.base;
+    }
+    c->res_in_len -= n;
+    if (n <= tail->start) {
+        tail->start -= n;
+    } else {
+        tail->data += n - tail->start;
+        tail->start = 0;
+    }
+}
+
+/* A head parsed in place needs more bytes: from now on it is gathered. */
+static void gather_response_input(sg_conn_t *c)
+{
+    sg_strbuf_reset(&c->res_head);
+    sg_strbuf_append(&c->res_head, c->res_in, c->res_in_len);
+    sg_buf_unref(c->res_in_buf);
+    c->res_in_buf = NULL;
+    c->res_in = c->res_head.base;
+}
+
+void sg_relay_reset_response_input(sg_conn_t *c)
+{
+    if (c->res_in_buf) sg_buf_unref(c->res_in_buf);
+    c->res_in_buf = NULL;
+    c->res_in = NULL;
+    c->res_in_len = 0;
+    c->res_parsed = 0;
+    sg_strbuf_reset(&c->res_head);
+}
+
+/* The rewritten head and the body bytes that came with it leave in one
+ * write; those body bytes are written from the read buffer they arrived in
+ * when the head ended in the latest read (always, unless 1xx heads and a
+ * split head shuffled them), else copied after the head. */
+static void write_head_and_body(sg_conn_t *c, const char *body, size_t len, const read_tail_t *tail)
+{
+    size_t at = (size_t)(body - c->res_in);
+    if (!len || !tail->buf || at < tail->start) {
+        sg_strbuf_append(&c->res_out, body, len);
+        sg_relay_write_strbuf(c, 0, &c->res_out);
+        return;
+    }
+    if (c->closing) return;
+    sg_fwd_write_t *fw = fwd_get(c->w);
+    fw->buf = tail->buf;
+    sg_buf_ref(tail->buf);
+    uv_buf_t bufs[2] = {uv_buf_init(c->res_out.base, (unsigned)c->res_out.len),
+                        uv_buf_init((char *)tail->data + (at - tail->start), (unsigned)len)};
+    submit_bufs(c, fw, 0, bufs, 2);
+}
+
+static void final_head(sg_conn_t *c, const sg_h1_response_head_t *h, const read_tail_t *tail)
 {
     size_t head_len = h->head_len;
     c->response = h->response;
@@ -348,9 +425,8 @@ static void final_head(sg_conn_t *c, const sg_h1_response_head_t *h)
     sg_http_rewrite_response(&c->response, client_keep, c->request.minor_version, &c->res_out);
     size_t body_end = tunnel ? head_len : c->res_parsed;
     if (c->res.message_done && !tunnel) sg_conn_release_slot(c);
-    sg_strbuf_append(&c->res_out, c->res_head.base + head_len, body_end - head_len);
     c->res_started = 1;
-    sg_relay_write_strbuf(c, 0, &c->res_out);
+    write_head_and_body(c, c->res_in + head_len, body_end - head_len, tail);
     if (tunnel) {
         c->res_parsed = head_len;
         tunnel_start(c);
@@ -358,21 +434,35 @@ static void final_head(sg_conn_t *c, const sg_h1_response_head_t *h)
     }
     sg_conn_arm_timer(c, SG_TIMER_IDLE, c->w->config->timeouts.stream_idle_ms);
     if (c->res.message_done) {
-        if (c->res_parsed < c->res_head.len) c->up_junk = 1;
+        if (c->res_parsed < c->res_in_len) c->up_junk = 1;
         response_complete(c);
         return;
     }
-    if (c->res_parsed == c->res_head.len) splice_body(c);
+    if (c->res_parsed == c->res_in_len) splice_body(c);
 }
 
-/* Accumulates and parses the response head (http/h1_head.h decides);
- * forwards interim (1xx) heads as they come. */
-static void response_head_input(sg_conn_t *c)
+/* Parses the response head (http/h1_head.h decides) in the read buffer it
+ * arrived in, or gathered in res_head when it spans reads; forwards
+ * interim (1xx) heads as they come. */
+static void response_head_input(sg_conn_t *c, sg_buf_t *buf, size_t nread)
 {
+    read_tail_t tail = {buf, buf->data, 0};
+    if (c->res_in_buf) gather_response_input(c); /* the head did not end in its first read */
+    if (!c->res_in_len) {
+        sg_buf_ref(buf);
+        c->res_in_buf = buf;
+        c->res_in = buf->data;
+        c->res_in_len = nread;
+    } else {
+        tail.start = c->res_head.len;
+        sg_strbuf_append(&c->res_head, buf->data, nread);
+        c->res_in = c->res_head.base;
+        c->res_in_len = c->res_head.len;
+    }
     for (;;) {
         sg_h1_response_head_t h;
-        switch (sg_h1_response_head_input(&c->res, c->res_head.base, c->res_head.len,
-                                          &c->res_parsed, &c->interim_count, &h)) {
+        switch (sg_h1_response_head_input(&c->res, c->res_in, c->res_in_len, &c->res_parsed,
+                                          &c->interim_count, &h)) {
         case SG_H1_HEAD_MORE:
             return;
         case SG_H1_HEAD_ERROR:
@@ -383,7 +473,7 @@ static void response_head_input(sg_conn_t *c)
             sg_conn_send_error(c, SG_ERR_UPSTREAM_BAD_RESPONSE, h.detail, 0);
             return;
         case SG_H1_HEAD_DONE:
-            final_head(c, &h);
+            final_head(c, &h, &tail);
             return;
         case SG_H1_HEAD_INTERIM:
             break;
@@ -391,13 +481,11 @@ static void response_head_input(sg_conn_t *c)
         /* Interim response (100 Continue, 103 Early Hints): pass it on to
          * HTTP/1.1 clients, then parse what follows as a new response. */
         if (c->request.minor_version >= 1)
-            write_heap_copy(c, 0, c->res_head.base + h.start, h.head_len - h.start);
-        size_t rest = c->res_head.len - c->res_parsed;
-        memmove(c->res_head.base, c->res_head.base + c->res_parsed, rest);
-        c->res_head.len = rest;
+            write_heap_copy(c, 0, c->res_in + h.start, h.head_len - h.start);
+        drop_response_input(c, c->res_parsed, &tail);
         c->res_parsed = 0;
         sg_h1_response_next(&c->res);
-        if (!rest) return;
+        if (!c->res_in_len) return;
     }
 }
 
@@ -443,7 +531,7 @@ static void upstream_ended(sg_conn_t *c, ssize_t nread)
         sg_conn_close(c); /* truncated body: the client must see a cut */
         return;
     }
-    if (c->up_from_pool && !c->retried && !c->res_head.len && c->req_done && !c->body_streamed) {
+    if (c->up_from_pool && !c->retried && !c->res_in_len && c->req_done && !c->body_streamed) {
         /* A pooled connection the sandbox closed while idle: the request
          * never reached it, so it is safe to send it again on a fresh one. */
         c->retried = 1;
@@ -451,7 +539,7 @@ static void upstream_ended(sg_conn_t *c, ssize_t nread)
         sg_conn_get_upstream(c, 1);
         return;
     }
-    sg_conn_send_error(c, c->res_head.len ? SG_ERR_UPSTREAM_BAD_RESPONSE : SG_ERR_UPSTREAM_CLOSED,
+    sg_conn_send_error(c, c->res_in_len ? SG_ERR_UPSTREAM_BAD_RESPONSE : SG_ERR_UPSTREAM_CLOSED,
                        nread == UV_EOF ? NULL : uv_strerror((int)nread), 0);
 }
 
@@ -467,8 +555,7 @@ void sg_relay_upstream_read_cb(sg_stream_t *s, ssize_t nread, sg_buf_t *buf)
     if (c->state == SG_CONN_TUNNEL) {
         sg_relay_write(c, 0, buf->data, (size_t)nread, buf);
     } else if (!c->res.headers_done) {
-        sg_strbuf_append(&c->res_head, buf->data, (size_t)nread);
-        response_head_input(c);
+        response_head_input(c, buf, (size_t)nread);
     } else {
         response_body_input(c, buf->data, (size_t)nread, buf);
     }

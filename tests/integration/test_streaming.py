@@ -272,3 +272,56 @@ def test_expect_100_continue_with_curl(sg, backends, tmp_path):
     assert doc["body_sha256"] == hashlib.sha256(data).hexdigest()
     # curl waited for 100 Continue at most 10 s; getting through quickly means it was relayed
     assert elapsed < 5 * SCALE, elapsed
+
+
+# Response heads are parsed where they arrive (ingress/proxy/relay.c): in
+# the read buffer itself when the head comes whole, gathered when it spans
+# reads, with 1xx heads passed on in between; the body bytes that came with
+# the final head are written from that read buffer. Each shape: the
+# sandbox's sends for a body (100 ms apart, so each is a read of its own),
+# and the 1xx statuses the client must see before the 200.
+HEAD_SHAPES = {
+    "whole_head_with_body_part": (lambda body: [b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+                                                + body[:30000], body[30000:]], []),
+    "head_split_body_part_in_last_read": (lambda body: [b"HTTP/1.1 200 OK\r\nContent-Le",
+                                                        b"ngth: %d\r\nX-A: a\r\n\r\n" % len(body) + body[:20000],
+                                                        body[20000:]], []),
+    "interim_and_final_in_one_read": (lambda body: [b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
+                                                    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+                                                    + body[:5000], body[5000:]], [103]),
+    "interim_then_final_split": (lambda body: [b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 2",
+                                               b"00 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:7],
+                                               body[7:]], [103]),
+    "interim_split_then_final_whole": (lambda body: [b"HTTP/1.1 100 Con", b"tinue\r\n\r\n",
+                                                     b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+                                                     + body], [100]),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(HEAD_SHAPES))
+def test_response_head_shapes_deliver_every_body_byte(sandgate_factory, raw_backend_factory, shape):
+    be = raw_backend_factory("127.0.0.2")
+    body = os.urandom(70000)
+    parts, interim = HEAD_SHAPES[shape]
+
+    def handler(backend, req):
+        req.hash_body()
+        for i, part in enumerate(parts(body)):
+            if i:
+                time.sleep(0.1)
+            req.send(part)
+        return True
+
+    be.route("/shape", handler)
+    sg = sandgate_factory()
+    host = sg.host(be.port).encode()
+    with Conn(sg.port, timeout=10 * SCALE) as c:
+        for k in range(2):  # the second response reuses both connections
+            c.send(b"GET /shape?k=%d HTTP/1.1\r\nHost: %s\r\n\r\n" % (k, host))
+            r = c.read_response()
+            assert r.status == 200, r
+            assert [i.status for i in r.interim] == interim, r.interim
+            assert len(r.body) == len(body) and r.body == body, len(r.body)
+    requests = be.find_events("request")
+    assert len(requests) == 2 and len({e["conn"] for e in requests}) == 1  # one upstream connection, reused
+    assert sg.alive()
