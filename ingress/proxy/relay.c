@@ -371,7 +371,8 @@ static void drop_response_input(sg_conn_t *c, size_t n, read_tail_t *tail)
     }
 }
 
-/* A head parsed in place needs more bytes: from now on it is gathered. */
+/* A head parsed in place needs more bytes: what is left of it moves to
+ * res_head, so a slow sandbox pins a copy its size, not a read buffer. */
 static void gather_response_input(sg_conn_t *c)
 {
     sg_strbuf_reset(&c->res_head);
@@ -447,7 +448,6 @@ static void final_head(sg_conn_t *c, const sg_h1_response_head_t *h, const read_
 static void response_head_input(sg_conn_t *c, sg_buf_t *buf, size_t nread)
 {
     read_tail_t tail = {buf, buf->data, 0};
-    if (c->res_in_buf) gather_response_input(c); /* the head did not end in its first read */
     if (!c->res_in_len) {
         sg_buf_ref(buf);
         c->res_in_buf = buf;
@@ -464,6 +464,7 @@ static void response_head_input(sg_conn_t *c, sg_buf_t *buf, size_t nread)
         switch (sg_h1_response_head_input(&c->res, c->res_in, c->res_in_len, &c->res_parsed,
                                           &c->interim_count, &h)) {
         case SG_H1_HEAD_MORE:
+            if (c->res_in_buf) gather_response_input(c);
             return;
         case SG_H1_HEAD_ERROR:
             if (h.parse_error != HPE_OK)
@@ -485,7 +486,10 @@ static void response_head_input(sg_conn_t *c, sg_buf_t *buf, size_t nread)
         drop_response_input(c, c->res_parsed, &tail);
         c->res_parsed = 0;
         sg_h1_response_next(&c->res);
-        if (!c->res_in_len) return;
+        if (!c->res_in_len) {
+            if (c->res_in_buf) gather_response_input(c); /* nothing left: just lets go */
+            return;
+        }
     }
 }
 
