@@ -30,6 +30,7 @@ void sg_conn_unref(sg_conn_t *c)
     /* Nothing is in flight any more: every buffer can serve another
      * connection (new connections take them like idle ones do). */
     sg_relay_reset_response_input(c);
+    sg_conn_release_request_input(c);
     sg_conn_give_request_buffers(c);
     sg_h1_free(&c->req);
     sg_h1_free(&c->res);
@@ -95,7 +96,7 @@ void sg_conn_close(sg_conn_t *c)
 
 int sg_conn_is_idle(const sg_conn_t *c)
 {
-    return c->state == SG_CONN_HEAD && !c->awaiting_flush && !c->in_request && !c->req_head.len &&
+    return c->state == SG_CONN_HEAD && !c->awaiting_flush && !c->in_request && !c->req_in_len &&
            !c->inbuf.len && !c->client_writes;
 }
 
@@ -163,6 +164,7 @@ static void start_linger(sg_conn_t *c)
 static void reset_request(sg_conn_t *c)
 {
     drop_sandbox(c);
+    sg_conn_release_request_input(c);
     sg_h1_reset(&c->req, HTTP_REQUEST);
     sg_h1_reset(&c->res, HTTP_RESPONSE);
     /* The view points into the previous head's buffer: an error page or log
@@ -193,8 +195,10 @@ static void next_request(sg_conn_t *c)
     c->req_head = c->inbuf;
     c->inbuf = tmp;
     sg_strbuf_reset(&c->inbuf);
+    c->req_in = c->req_head.base;
+    c->req_in_len = c->req_head.len;
     c->state = SG_CONN_HEAD;
-    if (c->req_head.len) {
+    if (c->req_in_len) {
         sg_conn_arm_timer(c, SG_TIMER_HEAD, c->w->config->timeouts.request_head_ms);
         c->in_request = 1;
         c->t_start = uv_hrtime();
@@ -256,7 +260,7 @@ void sg_conn_send_error(sg_conn_t *c, sg_err_t err, const char *detail, int port
     sg_strbuf_reset(&c->res_out);
     sg_errpage_render(&c->res_out, &page, html, keep, c->head_method);
     c->status = sg_err_status(err);
-    if (!c->req_bytes_in) c->req_bytes_in = c->req_head.len;
+    if (!c->req_bytes_in) c->req_bytes_in = c->req_in_len;
     sg_log_debug("conn %s: %d %s", c->client_addr, c->status, sg_err_name(err));
     c->res_started = c->res_done = 1;
     c->req_done = c->req.message_done;
@@ -296,7 +300,16 @@ static void client_read_cb(sg_stream_t *s, ssize_t nread, sg_buf_t *buf)
             sg_conn_take_request_buffers(c);
         }
         c->in_request = 1;
-        sg_strbuf_append(&c->req_head, buf->data, (size_t)nread);
+        if (!c->req_in_len) {
+            sg_buf_ref(buf);
+            c->req_in_buf = buf;
+            c->req_in = buf->data;
+            c->req_in_len = (size_t)nread;
+        } else {
+            sg_strbuf_append(&c->req_head, buf->data, (size_t)nread);
+            c->req_in = c->req_head.base;
+            c->req_in_len = c->req_head.len;
+        }
         head_input(c);
         return;
     case SG_CONN_PROXYING:
@@ -504,20 +517,28 @@ void sg_conn_upstream_ready(sg_conn_t *c, sg_upstream_t *up, int from_pool)
             p.original_host = c->host;
         }
         sg_http_rewrite_request(&c->request, &p, &c->req_out);
-        size_t body = c->req_parsed - c->req_head_len;
-        sg_strbuf_append(&c->req_out, c->req_head.base + c->req_head_len, body);
+        /* Body bytes that came with a gathered head join the rewritten one
+         * (a copy: the head spanned reads); see the write below. */
+        if (!c->req_in_buf)
+            sg_strbuf_append(&c->req_out, c->req_in + c->req_head_len,
+                             c->req_parsed - c->req_head_len);
         /* Bytes past this request's end belong to the next one. */
-        if (c->req_parsed < c->req_head.len) {
+        if (c->req_parsed < c->req_in_len) {
             sg_strbuf_t rest = {0};
-            sg_strbuf_append(&rest, c->req_head.base + c->req_parsed,
-                             c->req_head.len - c->req_parsed);
+            sg_strbuf_append(&rest, c->req_in + c->req_parsed, c->req_in_len - c->req_parsed);
             sg_strbuf_append(&rest, c->inbuf.base, c->inbuf.len);
             sg_strbuf_free(&c->inbuf);
             c->inbuf = rest;
-            c->req_head.len = c->req_parsed;
+            c->req_in_len = c->req_parsed;
+            if (!c->req_in_buf) c->req_head.len = c->req_parsed;
         }
     }
-    sg_relay_write_strbuf(c, 1, &c->req_out);
+    /* Again on a retry: req_out and the read buffer outlive the attempt. */
+    if (c->req_in_buf)
+        sg_relay_write_strbuf_and(c, 1, &c->req_out, c->req_in + c->req_head_len,
+                                  c->req_parsed - c->req_head_len, c->req_in_buf);
+    else
+        sg_relay_write_strbuf(c, 1, &c->req_out);
     if (c->req.message_done) {
         c->req_done = 1;
         sg_conn_arm_timer(c, SG_TIMER_RESPONSE, c->w->config->timeouts.upstream_response_head_ms);
@@ -636,15 +657,16 @@ static void on_request_head(sg_conn_t *c, const sg_h1_request_head_t *h)
     }
 }
 
-/* Parses what is new in req_head (http/h1_head.h decides); acts when the
+/* Parses what is new in req_in (http/h1_head.h decides); acts when the
  * head is complete. */
 static void head_input(sg_conn_t *c)
 {
     sg_h1_request_head_t h;
-    switch (sg_h1_request_head_input(&c->req, c->req_head.base, c->req_head.len, &c->req_parsed,
+    switch (sg_h1_request_head_input(&c->req, c->req_in, c->req_in_len, &c->req_parsed,
                                      c->w->config->max_header_bytes, &h)) {
     case SG_H1_HEAD_MORE:
     case SG_H1_HEAD_INTERIM: /* responses only */
+        if (c->req_in_buf) sg_conn_gather_request_input(c);
         return;
     case SG_H1_HEAD_ERROR:
         /* Only a head that was read whole (its body bytes failed) has a

@@ -63,8 +63,16 @@ struct sg_conn_s {
 
     /* request */
     sg_h1_parser_t req;
-    sg_strbuf_t req_head; /* current head and what arrived with it */
-    size_t req_parsed;    /* bytes of req_head given to the parser */
+    /* The bytes the request head parser reads, as for responses (res_in):
+     * req_head's gathered copy when the head spans reads (or was pipelined
+     * behind the previous request), else the read buffer it came whole in,
+     * req_in_buf, referenced until the request ends; body bytes that came
+     * with the head are then written to the sandbox from it. */
+    sg_strbuf_t req_head;
+    const char *req_in;
+    size_t req_in_len;
+    sg_buf_t *req_in_buf;
+    size_t req_parsed; /* bytes of req_in given to the parser */
     size_t req_head_len;
     sg_strbuf_t inbuf; /* client bytes not yet processed (pipelined, early body) */
     sg_http_request_t request;
@@ -150,6 +158,11 @@ void sg_conn_send_error(sg_conn_t *c, sg_err_t err, const char *detail, int port
  * is freed. A buffer a write in flight still reads stays with c. */
 void sg_conn_give_request_buffers(sg_conn_t *c);
 /* A request starts: takes a kit if the worker has one. */
+/* The request head input (req_in): a head parsed in place in its read
+ * buffer that needs more bytes moves to req_head (gather); release drops
+ * the read buffer when the request ends or the connection goes. */
+void sg_conn_gather_request_input(sg_conn_t *c);
+void sg_conn_release_request_input(sg_conn_t *c);
 void sg_conn_take_request_buffers(sg_conn_t *c);
 /* Frees the request buffers idle connections gave back (worker teardown,
  * after every connection is freed). */
@@ -182,6 +195,11 @@ void sg_conn_observe(sg_conn_t *c, sg_err_t err);
 void sg_relay_write(sg_conn_t *c, int to_upstream, const char *data, size_t len, sg_buf_t *buf);
 void sg_relay_write_copy(sg_conn_t *c, int to_upstream, const char *data, size_t len);
 void sg_relay_write_strbuf(sg_conn_t *c, int to_upstream, sg_strbuf_t *sb);
+/* head's bytes, then len bytes at body inside buf (referenced until the
+ * write completes), in one write; head is the connection's and stays
+ * untouched until then. */
+void sg_relay_write_strbuf_and(sg_conn_t *c, int to_upstream, sg_strbuf_t *head, const char *body,
+                               size_t len, sg_buf_t *buf);
 void sg_relay_upstream_read_cb(sg_stream_t *s, ssize_t nread, sg_buf_t *buf);
 void sg_relay_tunnel_client_data(sg_conn_t *c, ssize_t nread, sg_buf_t *buf);
 void sg_relay_detach_upstream(sg_conn_t *c, int reusable);

@@ -162,3 +162,22 @@ void sg_conn_take_request_buffers(sg_conn_t *c)
     k->next = w->spare_holders;
     w->spare_holders = k;
 }
+
+/* A head parsed in place needs more bytes: it moves to req_head, so a slow
+ * client pins a copy its size, not a read buffer. */
+void sg_conn_gather_request_input(sg_conn_t *c)
+{
+    sg_strbuf_reset(&c->req_head);
+    sg_strbuf_append(&c->req_head, c->req_in, c->req_in_len);
+    sg_buf_unref(c->req_in_buf);
+    c->req_in_buf = NULL;
+    c->req_in = c->req_head.base;
+}
+
+void sg_conn_release_request_input(sg_conn_t *c)
+{
+    if (c->req_in_buf) sg_buf_unref(c->req_in_buf);
+    c->req_in_buf = NULL;
+    c->req_in = NULL;
+    c->req_in_len = 0;
+}

@@ -186,6 +186,22 @@ void sg_relay_write_strbuf(sg_conn_t *c, int to_upstream, sg_strbuf_t *sb)
     submit(c, fwd_get(c->w), to_upstream, sb->base, sb->len);
 }
 
+void sg_relay_write_strbuf_and(sg_conn_t *c, int to_upstream, sg_strbuf_t *head, const char *body,
+                               size_t len, sg_buf_t *buf)
+{
+    if (!len) {
+        sg_relay_write_strbuf(c, to_upstream, head);
+        return;
+    }
+    if (c->closing || (to_upstream && !c->up)) return;
+    sg_fwd_write_t *fw = fwd_get(c->w);
+    fw->buf = buf;
+    sg_buf_ref(buf);
+    uv_buf_t bufs[2] = {uv_buf_init(head->base, (unsigned)head->len),
+                        uv_buf_init((char *)body, (unsigned)len)};
+    submit_bufs(c, fw, to_upstream, bufs, 2);
+}
+
 static void write_heap_copy(sg_conn_t *c, int to_upstream, const char *data, size_t len)
 {
     if (!len || c->closing) return;
@@ -404,13 +420,7 @@ static void write_head_and_body(sg_conn_t *c, const char *body, size_t len, cons
         sg_relay_write_strbuf(c, 0, &c->res_out);
         return;
     }
-    if (c->closing) return;
-    sg_fwd_write_t *fw = fwd_get(c->w);
-    fw->buf = tail->buf;
-    sg_buf_ref(tail->buf);
-    uv_buf_t bufs[2] = {uv_buf_init(c->res_out.base, (unsigned)c->res_out.len),
-                        uv_buf_init((char *)tail->data + (at - tail->start), (unsigned)len)};
-    submit_bufs(c, fw, 0, bufs, 2);
+    sg_relay_write_strbuf_and(c, 0, &c->res_out, tail->data + (at - tail->start), len, tail->buf);
 }
 
 static void final_head(sg_conn_t *c, const sg_h1_response_head_t *h, const read_tail_t *tail)

@@ -3,6 +3,8 @@ pooled per destination (address, port)."""
 
 import hashlib
 
+import pytest
+
 from client import Conn, build_request
 from conftest import MASK
 
@@ -134,3 +136,84 @@ def test_connection_close_from_client(sg, backends):
 
         how, extra = wait_closed(c.sock, 3)
     assert how is not None and extra == b"", "connection left open after Connection: close"
+
+
+# Request heads are parsed in the read buffer they arrive in when they come
+# whole, gathered when they span reads (ingress/proxy/conn.c); body bytes
+# that came with the head go to the sandbox from that read buffer, again on
+# a retry. Each shape: the client's sends (100 ms apart) for a head and a
+# body; every one must reach the sandbox intact, then a second request on
+# the same connection.
+REQUEST_SHAPES = {
+    "whole_head_with_body_part": lambda head, body: [head + body[:30000], body[30000:]],
+    "head_split_body_part_in_last_read": lambda head, body: [head[:20], head[20:] + body[:20000], body[20000:]],
+    "head_and_whole_body_in_one_read": lambda head, body: [head + body],
+}
+
+
+@pytest.mark.parametrize("shape", sorted(REQUEST_SHAPES))
+def test_request_head_shapes_deliver_every_body_byte(sg, backends, shape):
+    import os
+    import time
+
+    a, _ = backends
+    body = os.urandom(50000)
+    head = b"POST /echo?shape=1 HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n" % (
+        sg.host(a.port).encode(), len(body))
+    with Conn(sg.port) as c:
+        for i, part in enumerate(REQUEST_SHAPES[shape](head, body)):
+            if i:
+                time.sleep(0.1)
+            c.send(part)
+        r = c.read_response()
+        assert r.status == 200, r
+        doc = r.json()
+        assert doc["body_len"] == len(body) and doc["body_sha256"] == hashlib.sha256(body).hexdigest(), doc
+        assert c.request("GET", "/echo?after=1", host=sg.host(a.port)).status == 200
+
+
+def test_pipelined_requests_with_bodies_in_one_read(sg, backends):
+    a, _ = backends
+    bodies = [b"a" * 3000, b"b" * 7000]
+    data = b"".join(b"POST /echo?k=%d HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n%s"
+                    % (k, sg.host(a.port).encode(), len(b), b) for k, b in enumerate(bodies))
+    with Conn(sg.port) as c:
+        c.send(data)
+        for k, b in enumerate(bodies):
+            r = c.read_response()
+            assert r.status == 200, r
+            doc = r.json()
+            assert doc["target"] == "/echo?k=%d" % k, doc
+            assert doc["body_sha256"] == hashlib.sha256(b).hexdigest(), doc
+
+
+def test_request_retried_on_a_fresh_connection_carries_its_body(sandgate_factory, raw_backend_factory):
+    """A pooled upstream connection that closes on the next request without
+    answering: the request, whose body came in the same read as its head,
+    is sent again whole on a fresh connection."""
+    import json
+
+    be = raw_backend_factory("127.0.0.2")
+
+    def flaky(backend, req):
+        n, sha = req.hash_body()
+        if req.conn.requests == 2:
+            return False  # the second request on a connection: closed unanswered
+        req.respond(200, [("Content-Type", "application/json")],
+                    json.dumps({"conn": req.conn.id, "body_len": n, "body_sha256": sha}).encode())
+        return True
+
+    be.route("/flaky", flaky)
+    sg = sandgate_factory()
+    host = sg.host(be.port).encode()
+    body = bytes(range(256)) * 20
+    with Conn(sg.port) as c:
+        r1 = c.request("GET", "/flaky?n=1", host=sg.host(be.port))
+        assert r1.status == 200
+        c.send(b"POST /flaky?n=2 HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n%s" % (host, len(body), body))
+        r2 = c.read_response()
+    assert r2.status == 200, r2
+    doc = r2.json()
+    assert doc["conn"] != r1.json()["conn"]  # answered on a fresh connection
+    assert doc["body_len"] == len(body) and doc["body_sha256"] == hashlib.sha256(body).hexdigest(), doc
+    assert len(be.find_events("request")) == 3  # the second request went twice
