@@ -30,7 +30,7 @@ void sg_conn_unref(sg_conn_t *c)
     /* Nothing is in flight any more: every buffer can serve another
      * connection (new connections take them like idle ones do). */
     sg_relay_reset_response_input(c);
-    sg_conn_release_request_input(c);
+    sg_head_in_reset(&c->req_in);
     sg_conn_give_request_buffers(c);
     sg_h1_free(&c->req);
     sg_h1_free(&c->res);
@@ -96,7 +96,7 @@ void sg_conn_close(sg_conn_t *c)
 
 int sg_conn_is_idle(const sg_conn_t *c)
 {
-    return c->state == SG_CONN_HEAD && !c->awaiting_flush && !c->in_request && !c->req_in_len &&
+    return c->state == SG_CONN_HEAD && !c->awaiting_flush && !c->in_request && !c->req_in.len &&
            !c->inbuf.len && !c->client_writes;
 }
 
@@ -164,7 +164,7 @@ static void start_linger(sg_conn_t *c)
 static void reset_request(sg_conn_t *c)
 {
     drop_sandbox(c);
-    sg_conn_release_request_input(c);
+    sg_head_in_reset(&c->req_in);
     sg_h1_reset(&c->req, HTTP_REQUEST);
     sg_h1_reset(&c->res, HTTP_RESPONSE);
     /* The view points into the previous head's buffer: an error page or log
@@ -191,14 +191,10 @@ static void reset_request(sg_conn_t *c)
 static void next_request(sg_conn_t *c)
 {
     reset_request(c);
-    sg_strbuf_t tmp = c->req_head;
-    c->req_head = c->inbuf;
-    c->inbuf = tmp;
+    sg_head_in_swap_gathered(&c->req_in, &c->inbuf);
     sg_strbuf_reset(&c->inbuf);
-    c->req_in = c->req_head.base;
-    c->req_in_len = c->req_head.len;
     c->state = SG_CONN_HEAD;
-    if (c->req_in_len) {
+    if (c->req_in.len) {
         sg_conn_arm_timer(c, SG_TIMER_HEAD, c->w->config->timeouts.request_head_ms);
         c->in_request = 1;
         c->t_start = uv_hrtime();
@@ -260,7 +256,7 @@ void sg_conn_send_error(sg_conn_t *c, sg_err_t err, const char *detail, int port
     sg_strbuf_reset(&c->res_out);
     sg_errpage_render(&c->res_out, &page, html, keep, c->head_method);
     c->status = sg_err_status(err);
-    if (!c->req_bytes_in) c->req_bytes_in = c->req_in_len;
+    if (!c->req_bytes_in) c->req_bytes_in = c->req_in.len;
     sg_log_debug("conn %s: %d %s", c->client_addr, c->status, sg_err_name(err));
     c->res_started = c->res_done = 1;
     c->req_done = c->req.message_done;
@@ -300,16 +296,7 @@ static void client_read_cb(sg_stream_t *s, ssize_t nread, sg_buf_t *buf)
             sg_conn_take_request_buffers(c);
         }
         c->in_request = 1;
-        if (!c->req_in_len) {
-            sg_buf_ref(buf);
-            c->req_in_buf = buf;
-            c->req_in = buf->data;
-            c->req_in_len = (size_t)nread;
-        } else {
-            sg_strbuf_append(&c->req_head, buf->data, (size_t)nread);
-            c->req_in = c->req_head.base;
-            c->req_in_len = c->req_head.len;
-        }
+        sg_head_in_add(&c->req_in, buf, (size_t)nread);
         head_input(c);
         return;
     case SG_CONN_PROXYING:
@@ -519,24 +506,23 @@ void sg_conn_upstream_ready(sg_conn_t *c, sg_upstream_t *up, int from_pool)
         sg_http_rewrite_request(&c->request, &p, &c->req_out);
         /* Body bytes that came with a gathered head join the rewritten one
          * (a copy: the head spanned reads); see the write below. */
-        if (!c->req_in_buf)
-            sg_strbuf_append(&c->req_out, c->req_in + c->req_head_len,
+        if (!c->req_in.buf)
+            sg_strbuf_append(&c->req_out, c->req_in.base + c->req_head_len,
                              c->req_parsed - c->req_head_len);
         /* Bytes past this request's end belong to the next one. */
-        if (c->req_parsed < c->req_in_len) {
+        if (c->req_parsed < c->req_in.len) {
             sg_strbuf_t rest = {0};
-            sg_strbuf_append(&rest, c->req_in + c->req_parsed, c->req_in_len - c->req_parsed);
+            sg_strbuf_append(&rest, c->req_in.base + c->req_parsed, c->req_in.len - c->req_parsed);
             sg_strbuf_append(&rest, c->inbuf.base, c->inbuf.len);
             sg_strbuf_free(&c->inbuf);
             c->inbuf = rest;
-            c->req_in_len = c->req_parsed;
-            if (!c->req_in_buf) c->req_head.len = c->req_parsed;
+            sg_head_in_truncate(&c->req_in, c->req_parsed);
         }
     }
     /* Again on a retry: req_out and the read buffer outlive the attempt. */
-    if (c->req_in_buf)
-        sg_relay_write_strbuf_and(c, 1, &c->req_out, c->req_in + c->req_head_len,
-                                  c->req_parsed - c->req_head_len, c->req_in_buf);
+    if (c->req_in.buf)
+        sg_relay_write_strbuf_and(c, 1, &c->req_out, c->req_in.base + c->req_head_len,
+                                  c->req_parsed - c->req_head_len, c->req_in.buf);
     else
         sg_relay_write_strbuf(c, 1, &c->req_out);
     if (c->req.message_done) {
@@ -662,11 +648,11 @@ static void on_request_head(sg_conn_t *c, const sg_h1_request_head_t *h)
 static void head_input(sg_conn_t *c)
 {
     sg_h1_request_head_t h;
-    switch (sg_h1_request_head_input(&c->req, c->req_in, c->req_in_len, &c->req_parsed,
+    switch (sg_h1_request_head_input(&c->req, c->req_in.base, c->req_in.len, &c->req_parsed,
                                      c->w->config->max_header_bytes, &h)) {
     case SG_H1_HEAD_MORE:
     case SG_H1_HEAD_INTERIM: /* responses only */
-        if (c->req_in_buf) sg_conn_gather_request_input(c);
+        sg_head_in_gather(&c->req_in);
         return;
     case SG_H1_HEAD_ERROR:
         /* Only a head that was read whole (its body bytes failed) has a

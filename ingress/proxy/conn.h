@@ -10,6 +10,7 @@
 
 #include "core/strbuf.h"
 #include "http/h1.h"
+#include "proxy/head_in.h"
 #include "proxy/worker.h"
 #include "route/host.h"
 
@@ -63,15 +64,10 @@ struct sg_conn_s {
 
     /* request */
     sg_h1_parser_t req;
-    /* The bytes the request head parser reads, as for responses (res_in):
-     * req_head's gathered copy when the head spans reads (or was pipelined
-     * behind the previous request), else the read buffer it came whole in,
-     * req_in_buf, referenced until the request ends; body bytes that came
-     * with the head are then written to the sandbox from it. */
-    sg_strbuf_t req_head;
-    const char *req_in;
-    size_t req_in_len;
-    sg_buf_t *req_in_buf;
+    /* The request head's bytes (proxy/head_in.h): in the read buffer they
+     * came whole in, or gathered (a head that spans reads, or pipelined
+     * bytes); body bytes that came in that read go to the sandbox from it. */
+    sg_head_in_t req_in;
     size_t req_parsed; /* bytes of req_in given to the parser */
     size_t req_head_len;
     sg_strbuf_t inbuf; /* client bytes not yet processed (pipelined, early body) */
@@ -94,15 +90,8 @@ struct sg_conn_s {
 
     /* response */
     sg_h1_parser_t res;
-    /* The bytes the response head parser reads (relay.c): res_head's
-     * gathered copy when the head spans reads, or the usual case, a head
-     * that came whole in one read, parsed where it arrived: res_in points
-     * into res_in_buf, referenced until the next response, so body bytes
-     * that came with the head are written from it too (never copied). */
-    sg_strbuf_t res_head;
-    const char *res_in;
-    size_t res_in_len;
-    sg_buf_t *res_in_buf;
+    /* The response head's bytes, likewise (relay.c). */
+    sg_head_in_t res_in;
     size_t res_parsed; /* bytes of res_in the parser consumed */
     sg_strbuf_t res_out;
     sg_http_response_t response;
@@ -158,11 +147,6 @@ void sg_conn_send_error(sg_conn_t *c, sg_err_t err, const char *detail, int port
  * is freed. A buffer a write in flight still reads stays with c. */
 void sg_conn_give_request_buffers(sg_conn_t *c);
 /* A request starts: takes a kit if the worker has one. */
-/* The request head input (req_in): a head parsed in place in its read
- * buffer that needs more bytes moves to req_head (gather); release drops
- * the read buffer when the request ends or the connection goes. */
-void sg_conn_gather_request_input(sg_conn_t *c);
-void sg_conn_release_request_input(sg_conn_t *c);
 void sg_conn_take_request_buffers(sg_conn_t *c);
 /* Frees the request buffers idle connections gave back (worker teardown,
  * after every connection is freed). */
@@ -203,9 +187,9 @@ void sg_relay_write_strbuf_and(sg_conn_t *c, int to_upstream, sg_strbuf_t *head,
 void sg_relay_upstream_read_cb(sg_stream_t *s, ssize_t nread, sg_buf_t *buf);
 void sg_relay_tunnel_client_data(sg_conn_t *c, ssize_t nread, sg_buf_t *buf);
 void sg_relay_detach_upstream(sg_conn_t *c, int reusable);
-/* Forgets the response head input (res_head, res_in, res_parsed), dropping
- * the read buffer it may reference: before each response attempt and when
- * the connection goes. */
+/* Forgets the response head input (res_in, res_parsed), dropping the read
+ * buffer it may reference: before each response attempt and when the
+ * connection goes. */
 void sg_relay_reset_response_input(sg_conn_t *c);
 /* After body bytes were forwarded: hands the rest of a large Content-Length
  * request body to splice(2) when both sockets are plain (see relay.c). */

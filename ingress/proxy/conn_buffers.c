@@ -105,8 +105,8 @@ void sg_conn_give_request_buffers(sg_conn_t *c)
     sg_worker_t *w = c->w;
     c->request = (sg_http_request_t){0};
     c->response = (sg_http_response_t){0};
-    if (!c->req_head.base && !c->inbuf.base && !c->req_out.base && !c->scratch.base &&
-        !c->res_head.base && !c->res_out.base && !c->req.spans && !c->req.headers &&
+    if (!c->req_in.gathered.base && !c->inbuf.base && !c->req_out.base && !c->scratch.base &&
+        !c->res_in.gathered.base && !c->res_out.base && !c->req.spans && !c->req.headers &&
         !c->res.spans && !c->res.headers)
         return; /* never served a request (or gave everything already) */
     sg_spare_kit_t *k = w->spare_holders;
@@ -116,25 +116,25 @@ void sg_conn_give_request_buffers(sg_conn_t *c)
         w->n_spare_kits++;
     } else {
         /* Enough spares already: back to the heap. */
-        sg_strbuf_free(&c->req_head);
+        sg_strbuf_free(&c->req_in.gathered);
         sg_strbuf_free(&c->inbuf);
         if (!c->upstream_writes) sg_strbuf_free(&c->req_out);
         sg_strbuf_free(&c->scratch);
-        sg_strbuf_free(&c->res_head);
+        sg_strbuf_free(&c->res_in.gathered);
         if (!c->client_writes) sg_strbuf_free(&c->res_out);
         sg_h1_free(&c->req);
         sg_h1_free(&c->res);
         return;
     }
     /* Every field of k is written: holders are not cleared. */
-    strbuf_move(&k->req_head, &c->req_head);
+    strbuf_move(&k->req_head, &c->req_in.gathered);
     strbuf_move(&k->inbuf, &c->inbuf);
     if (!c->upstream_writes)
         strbuf_move(&k->req_out, &c->req_out);
     else
         k->req_out = (sg_strbuf_t){0};
     strbuf_move(&k->scratch, &c->scratch);
-    strbuf_move(&k->res_head, &c->res_head);
+    strbuf_move(&k->res_head, &c->res_in.gathered);
     if (!c->client_writes)
         strbuf_move(&k->res_out, &c->res_out);
     else
@@ -151,33 +151,14 @@ void sg_conn_take_request_buffers(sg_conn_t *c)
     sg_spare_kit_t *k = w->spares;
     if (!k) return;
     w->spares = k->next;
-    strbuf_install(&c->req_head, &k->req_head);
+    strbuf_install(&c->req_in.gathered, &k->req_head);
     strbuf_install(&c->inbuf, &k->inbuf);
     strbuf_install(&c->req_out, &k->req_out);
     strbuf_install(&c->scratch, &k->scratch);
-    strbuf_install(&c->res_head, &k->res_head);
+    strbuf_install(&c->res_in.gathered, &k->res_head);
     strbuf_install(&c->res_out, &k->res_out);
     parser_install(&c->req, k, 0);
     parser_install(&c->res, k, 1);
     k->next = w->spare_holders;
     w->spare_holders = k;
-}
-
-/* A head parsed in place needs more bytes: it moves to req_head, so a slow
- * client pins a copy its size, not a read buffer. */
-void sg_conn_gather_request_input(sg_conn_t *c)
-{
-    sg_strbuf_reset(&c->req_head);
-    sg_strbuf_append(&c->req_head, c->req_in, c->req_in_len);
-    sg_buf_unref(c->req_in_buf);
-    c->req_in_buf = NULL;
-    c->req_in = c->req_head.base;
-}
-
-void sg_conn_release_request_input(sg_conn_t *c)
-{
-    if (c->req_in_buf) sg_buf_unref(c->req_in_buf);
-    c->req_in_buf = NULL;
-    c->req_in = NULL;
-    c->req_in_len = 0;
 }

@@ -351,8 +351,8 @@ static void tunnel_start(sg_conn_t *c)
     sg_conn_arm_timer(c, SG_TIMER_IDLE, c->w->config->timeouts.stream_idle_ms);
     /* Upstream bytes that followed the 101 head, and client bytes that
      * followed the upgrade request, start the tunnel in order. */
-    if (c->res_parsed < c->res_in_len)
-        sg_relay_write_copy(c, 0, c->res_in + c->res_parsed, c->res_in_len - c->res_parsed);
+    if (c->res_parsed < c->res_in.len)
+        sg_relay_write_copy(c, 0, c->res_in.base + c->res_parsed, c->res_in.len - c->res_parsed);
     if (c->inbuf.len) {
         sg_relay_write_copy(c, 1, c->inbuf.base, c->inbuf.len);
         sg_strbuf_reset(&c->inbuf);
@@ -361,24 +361,18 @@ static void tunnel_start(sg_conn_t *c)
 }
 
 /* Where the latest upstream read lies in res_in: its bytes are
- * res_in[start, res_in_len), found at data in buf. */
+ * res_in.base[start, res_in.len), found at data in buf. */
 typedef struct {
     sg_buf_t *buf;
     const char *data;
     size_t start;
 } read_tail_t;
 
-/* res_in loses its first n bytes (a passed-on 1xx head). */
+/* res_in loses its first n bytes (a passed-on 1xx head); the latest read
+ * moves with them. */
 static void drop_response_input(sg_conn_t *c, size_t n, read_tail_t *tail)
 {
-    if (c->res_in_buf) {
-        c->res_in += n; /* parsed in place: only the view moves */
-    } else {
-        memmove(c->res_head.base, c->res_head.base + n, c->res_head.len - n);
-        c->res_head.len -= n;
-        c->res_in = c->res_head.base;
-    }
-    c->res_in_len -= n;
+    sg_head_in_drop(&c->res_in, n);
     if (n <= tail->start) {
         tail->start -= n;
     } else {
@@ -387,25 +381,10 @@ static void drop_response_input(sg_conn_t *c, size_t n, read_tail_t *tail)
     }
 }
 
-/* A head parsed in place needs more bytes: what is left of it moves to
- * res_head, so a slow sandbox pins a copy its size, not a read buffer. */
-static void gather_response_input(sg_conn_t *c)
-{
-    sg_strbuf_reset(&c->res_head);
-    sg_strbuf_append(&c->res_head, c->res_in, c->res_in_len);
-    sg_buf_unref(c->res_in_buf);
-    c->res_in_buf = NULL;
-    c->res_in = c->res_head.base;
-}
-
 void sg_relay_reset_response_input(sg_conn_t *c)
 {
-    if (c->res_in_buf) sg_buf_unref(c->res_in_buf);
-    c->res_in_buf = NULL;
-    c->res_in = NULL;
-    c->res_in_len = 0;
+    sg_head_in_reset(&c->res_in);
     c->res_parsed = 0;
-    sg_strbuf_reset(&c->res_head);
 }
 
 /* The rewritten head and the body bytes that came with it leave in one
@@ -414,8 +393,8 @@ void sg_relay_reset_response_input(sg_conn_t *c)
  * split head shuffled them), else copied after the head. */
 static void write_head_and_body(sg_conn_t *c, const char *body, size_t len, const read_tail_t *tail)
 {
-    size_t at = (size_t)(body - c->res_in);
-    if (!len || !tail->buf || at < tail->start) {
+    size_t at = (size_t)(body - c->res_in.base);
+    if (!len || at < tail->start) {
         sg_strbuf_append(&c->res_out, body, len);
         sg_relay_write_strbuf(c, 0, &c->res_out);
         return;
@@ -437,7 +416,7 @@ static void final_head(sg_conn_t *c, const sg_h1_response_head_t *h, const read_
     size_t body_end = tunnel ? head_len : c->res_parsed;
     if (c->res.message_done && !tunnel) sg_conn_release_slot(c);
     c->res_started = 1;
-    write_head_and_body(c, c->res_in + head_len, body_end - head_len, tail);
+    write_head_and_body(c, c->res_in.base + head_len, body_end - head_len, tail);
     if (tunnel) {
         c->res_parsed = head_len;
         tunnel_start(c);
@@ -445,36 +424,25 @@ static void final_head(sg_conn_t *c, const sg_h1_response_head_t *h, const read_
     }
     sg_conn_arm_timer(c, SG_TIMER_IDLE, c->w->config->timeouts.stream_idle_ms);
     if (c->res.message_done) {
-        if (c->res_parsed < c->res_in_len) c->up_junk = 1;
+        if (c->res_parsed < c->res_in.len) c->up_junk = 1;
         response_complete(c);
         return;
     }
-    if (c->res_parsed == c->res_in_len) splice_body(c);
+    if (c->res_parsed == c->res_in.len) splice_body(c);
 }
 
 /* Parses the response head (http/h1_head.h decides) in the read buffer it
- * arrived in, or gathered in res_head when it spans reads; forwards
+ * arrived in, or gathered when it spans reads (proxy/head_in.h); forwards
  * interim (1xx) heads as they come. */
 static void response_head_input(sg_conn_t *c, sg_buf_t *buf, size_t nread)
 {
-    read_tail_t tail = {buf, buf->data, 0};
-    if (!c->res_in_len) {
-        sg_buf_ref(buf);
-        c->res_in_buf = buf;
-        c->res_in = buf->data;
-        c->res_in_len = nread;
-    } else {
-        tail.start = c->res_head.len;
-        sg_strbuf_append(&c->res_head, buf->data, nread);
-        c->res_in = c->res_head.base;
-        c->res_in_len = c->res_head.len;
-    }
+    read_tail_t tail = {buf, buf->data, sg_head_in_add(&c->res_in, buf, nread)};
     for (;;) {
         sg_h1_response_head_t h;
-        switch (sg_h1_response_head_input(&c->res, c->res_in, c->res_in_len, &c->res_parsed,
+        switch (sg_h1_response_head_input(&c->res, c->res_in.base, c->res_in.len, &c->res_parsed,
                                           &c->interim_count, &h)) {
         case SG_H1_HEAD_MORE:
-            if (c->res_in_buf) gather_response_input(c);
+            sg_head_in_gather(&c->res_in);
             return;
         case SG_H1_HEAD_ERROR:
             if (h.parse_error != HPE_OK)
@@ -492,12 +460,12 @@ static void response_head_input(sg_conn_t *c, sg_buf_t *buf, size_t nread)
         /* Interim response (100 Continue, 103 Early Hints): pass it on to
          * HTTP/1.1 clients, then parse what follows as a new response. */
         if (c->request.minor_version >= 1)
-            write_heap_copy(c, 0, c->res_in + h.start, h.head_len - h.start);
+            write_heap_copy(c, 0, c->res_in.base + h.start, h.head_len - h.start);
         drop_response_input(c, c->res_parsed, &tail);
         c->res_parsed = 0;
         sg_h1_response_next(&c->res);
-        if (!c->res_in_len) {
-            if (c->res_in_buf) gather_response_input(c); /* nothing left: just lets go */
+        if (!c->res_in.len) {
+            sg_head_in_gather(&c->res_in); /* nothing left: lets the read buffer go */
             return;
         }
     }
@@ -545,7 +513,7 @@ static void upstream_ended(sg_conn_t *c, ssize_t nread)
         sg_conn_close(c); /* truncated body: the client must see a cut */
         return;
     }
-    if (c->up_from_pool && !c->retried && !c->res_in_len && c->req_done && !c->body_streamed) {
+    if (c->up_from_pool && !c->retried && !c->res_in.len && c->req_done && !c->body_streamed) {
         /* A pooled connection the sandbox closed while idle: the request
          * never reached it, so it is safe to send it again on a fresh one. */
         c->retried = 1;
@@ -553,7 +521,7 @@ static void upstream_ended(sg_conn_t *c, ssize_t nread)
         sg_conn_get_upstream(c, 1);
         return;
     }
-    sg_conn_send_error(c, c->res_in_len ? SG_ERR_UPSTREAM_BAD_RESPONSE : SG_ERR_UPSTREAM_CLOSED,
+    sg_conn_send_error(c, c->res_in.len ? SG_ERR_UPSTREAM_BAD_RESPONSE : SG_ERR_UPSTREAM_CLOSED,
                        nread == UV_EOF ? NULL : uv_strerror((int)nread), 0);
 }
 

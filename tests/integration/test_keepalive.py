@@ -2,6 +2,10 @@
 pooled per destination (address, port)."""
 
 import hashlib
+import json
+import os
+import socket
+import time
 
 import pytest
 
@@ -116,9 +120,6 @@ def test_upstream_closed_pooled_connection_is_not_reused(sg, backends):
     with Conn(sg.port) as c:
         r1 = c.request("GET", "/echo?n=1", host=sg.host(a.port))
         assert r1.status == 200
-        import socket
-        import time
-
         for bc in list(a.conns):
             bc.sock.shutdown(socket.SHUT_RDWR)
         time.sleep(0.3)
@@ -153,9 +154,6 @@ REQUEST_SHAPES = {
 
 @pytest.mark.parametrize("shape", sorted(REQUEST_SHAPES))
 def test_request_head_shapes_deliver_every_body_byte(sg, backends, shape):
-    import os
-    import time
-
     a, _ = backends
     body = os.urandom(50000)
     head = b"POST /echo?shape=1 HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n" % (
@@ -191,8 +189,6 @@ def test_request_retried_on_a_fresh_connection_carries_its_body(sandgate_factory
     """A pooled upstream connection that closes on the next request without
     answering: the request, whose body came in the same read as its head,
     is sent again whole on a fresh connection."""
-    import json
-
     be = raw_backend_factory("127.0.0.2")
 
     def flaky(backend, req):
