@@ -181,8 +181,11 @@ static EVP_CIPHER_CTX *ctx_for(const sg_tls_rec_t *r, const sg_tls_dir_t *d, int
     return tl.ctx[s];
 }
 
-size_t sg_tls__rec_seal(sg_tls_rec_t *r, uint8_t type, const uint8_t *in, size_t len, uint8_t *out)
+size_t sg_tls__rec_seal_v(sg_tls_rec_t *r, uint8_t type, const uv_buf_t *in, unsigned n_in,
+                          uint8_t *out)
 {
+    size_t len = 0;
+    for (unsigned i = 0; i < n_in; i++) len += in[i].len;
     if (len > SG_TLS_MAX_PLAINTEXT || r->wr.seq == UINT64_MAX) return 0;
     size_t body = len + 1 + TAG_LEN;
     out[0] = SG_TLS_CT_APPLICATION_DATA;
@@ -192,14 +195,27 @@ size_t sg_tls__rec_seal(sg_tls_rec_t *r, uint8_t type, const uint8_t *in, size_t
     out[4] = (uint8_t)body;
     EVP_CIPHER_CTX *c = ctx_for(r, &r->wr, 1);
     int ol;
-    if (!c || EVP_CipherUpdate(c, NULL, &ol, out, 5) != 1 ||
-        (len && EVP_CipherUpdate(c, out + 5, &ol, in, (int)len) != 1) ||
-        EVP_CipherUpdate(c, out + 5 + len, &ol, &type, 1) != 1 ||
-        EVP_CipherFinal_ex(c, out + 5 + len + 1, &ol) != 1 ||
-        EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_AEAD_GET_TAG, TAG_LEN, out + 5 + len + 1) != 1)
+    if (!c || EVP_CipherUpdate(c, NULL, &ol, out, 5) != 1) return 0;
+    /* AEAD updates stream: the pieces are sealed where they lie, as if
+     * they were one buffer, and the record costs one nonce and one tag. */
+    uint8_t *dst = out + 5;
+    for (unsigned i = 0; i < n_in; i++) {
+        if (!in[i].len) continue;
+        if (EVP_CipherUpdate(c, dst, &ol, (const uint8_t *)in[i].base, (int)in[i].len) != 1)
+            return 0;
+        dst += in[i].len;
+    }
+    if (EVP_CipherUpdate(c, dst, &ol, &type, 1) != 1 || EVP_CipherFinal_ex(c, dst + 1, &ol) != 1 ||
+        EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_AEAD_GET_TAG, TAG_LEN, dst + 1) != 1)
         return 0;
     r->wr.seq++;
     return 5 + body;
+}
+
+size_t sg_tls__rec_seal(sg_tls_rec_t *r, uint8_t type, const uint8_t *in, size_t len, uint8_t *out)
+{
+    uv_buf_t piece = uv_buf_init((char *)in, (unsigned)len);
+    return sg_tls__rec_seal_v(r, type, &piece, 1, out);
 }
 
 int sg_tls__rec_open(sg_tls_rec_t *r, const uint8_t *rec, size_t rec_len, uint8_t *out,

@@ -48,34 +48,29 @@ static void rx_consume(sg_tls_stream_t *s, size_t n)
     }
 }
 
-/* Seals len bytes of content `type` into the pending ciphertext, as many
- * records as it takes. Returns 0 or -1. */
-int sg_tls__tx_seal(sg_tls_stream_t *s, uint8_t type, const char *data, size_t len)
+size_t sg_tls__tx_record_max(const sg_tls_stream_t *s)
 {
-    do {
-        tls_chunk_t *c = sg_tls__tx_chunk(s);
-        size_t room = sg_tls__tx_room(c);
-        size_t n = len < SG_TLS_MAX_PLAINTEXT ? len : SG_TLS_MAX_PLAINTEXT;
-        if (room < n + SG_TLS_RECORD_OVERHEAD) {
-            /* A record never shrinks to fill a chunk's tail: full-size
-             * records cost the peer (and us) one AEAD pass each, and a
-             * 64 KiB read would otherwise leave a sliver record behind.
-             * flush_tx sends the chunks in one writev anyway. */
-            if (c->len) {
-                sg_tls__tx_push(s);
-                continue;
-            }
-            if (room <= SG_TLS_RECORD_OVERHEAD) return -1; /* chunks too small: cannot be */
-            n = room - SG_TLS_RECORD_OVERHEAD;
-        }
-        size_t w =
-            sg_tls__rec_seal(&s->rec, type, (const uint8_t *)data, n, (uint8_t *)(c + 1) + c->len);
-        if (!w) return -1;
-        c->len += w;
-        data += n;
-        len -= n;
-        if (sg_tls__tx_room(c) <= SG_TLS_RECORD_OVERHEAD) sg_tls__tx_push(s);
-    } while (len);
+    size_t fresh = s->base.pool->buf_size - sizeof(tls_chunk_t) - SG_TLS_RECORD_OVERHEAD;
+    return fresh < SG_TLS_MAX_PLAINTEXT ? fresh : SG_TLS_MAX_PLAINTEXT;
+}
+
+int sg_tls__tx_seal_v(sg_tls_stream_t *s, uint8_t type, const uv_buf_t *pieces, unsigned n,
+                      size_t len)
+{
+    if (len > sg_tls__tx_record_max(s)) return -1;
+    tls_chunk_t *c = sg_tls__tx_chunk(s);
+    if (sg_tls__tx_room(c) < len + SG_TLS_RECORD_OVERHEAD) {
+        /* A record never shrinks to fill a chunk's tail: full-size
+         * records cost the peer (and us) one AEAD pass each, and a 64 KiB
+         * read would otherwise leave a sliver record behind. flush_tx
+         * sends the chunks in one writev anyway. */
+        sg_tls__tx_push(s);
+        c = sg_tls__tx_chunk(s);
+    }
+    size_t w = sg_tls__rec_seal_v(&s->rec, type, pieces, n, (uint8_t *)(c + 1) + c->len);
+    if (!w) return -1;
+    c->len += w;
+    if (sg_tls__tx_room(c) <= SG_TLS_RECORD_OVERHEAD) sg_tls__tx_push(s);
     return 0;
 }
 
@@ -83,8 +78,8 @@ int sg_tls__tx_seal(sg_tls_stream_t *s, uint8_t type, const char *data, size_t l
 static void fail_alert(sg_tls_stream_t *s, int alert)
 {
     if (alert > 0 && !s->base.closing) {
-        const char a[2] = {2, (char)alert};
-        if (sg_tls__tx_seal(s, SG_TLS_CT_ALERT, a, sizeof(a)) == 0) sg_tls__flush_tx(s, NULL);
+        const uv_buf_t a = uv_buf_init((char[]){2, (char)alert}, 2);
+        if (sg_tls__tx_seal_v(s, SG_TLS_CT_ALERT, &a, 1, a.len) == 0) sg_tls__flush_tx(s, NULL);
     }
     sg_log_debug("tls: record layer: %s alert %d", alert > 0 ? "sent" : "received", abs(alert));
     sg_tls__fail(s, UV_EPROTO);

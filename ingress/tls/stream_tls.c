@@ -367,41 +367,83 @@ static int tls_read_stop(sg_stream_t *base)
  * as SSL_write makes it, gets there the same way). */
 #define SG_TLS_FLUSH_BYTES (2 * SG_TLS_MAX_PLAINTEXT)
 
+/* Most pieces one record gathers; a write with more small buffers than this
+ * simply makes more records. */
+#define SG_TLS_GATHER_MAX 16
+
+/* Protects one record's worth of pieces: in place by record.c once OpenSSL is
+ * gone, else through SSL_write, which takes one buffer (several pieces are
+ * copied into one first: at most a record, and only on TLS 1.2 or a
+ * connection that kept OpenSSL). Returns 0 or -1. */
+static int seal_record(sg_tls_stream_t *s, const uv_buf_t *pieces, unsigned n, size_t len)
+{
+    if (s->offloaded) return sg_tls__tx_seal_v(s, SG_TLS_CT_APPLICATION_DATA, pieces, n, len);
+    static _Thread_local char gathered[SG_TLS_MAX_PLAINTEXT];
+    const char *p = pieces[0].base;
+    if (n > 1) {
+        size_t off = 0;
+        for (unsigned i = 0; i < n; i++) {
+            memcpy(gathered + off, pieces[i].base, pieces[i].len);
+            off += pieces[i].len;
+        }
+        p = gathered;
+    }
+    clear_ssl_errors();
+    return SSL_write(s->ssl, p, (int)len) > 0 ? 0 : -1;
+}
+
+/* Seals one record of the write, first sending what earlier records of it
+ * made once that reaches SG_TLS_FLUSH_BYTES. Returns 0 or a libuv error. */
+static int write_record(sg_tls_stream_t *s, const uv_buf_t *pieces, unsigned n, size_t len,
+                        size_t *unflushed)
+{
+    if (*unflushed >= SG_TLS_FLUSH_BYTES) {
+        int rc = sg_tls__flush_tx(s, NULL);
+        if (rc) return rc; /* what was submitted completes on its own */
+        *unflushed = 0;
+    }
+    if (seal_record(s, pieces, n, len) != 0) {
+        sg_tls__flush_tx(s, NULL);
+        return UV_EPROTO;
+    }
+    *unflushed += len;
+    return 0;
+}
+
+/* Records are cut from the write's buffers as if they were one: a response
+ * head and the body bytes after it, or a chunk's size line, data and CRLF,
+ * share a record instead of costing one each (a record per buffer also
+ * made a client that reads one record per wake-up, as wrk does, wait a
+ * turn of its loop for the second). */
 static int tls_write(sg_stream_t *base, sg_stream_write_t *w, const uv_buf_t *bufs, unsigned n,
                      sg_stream_write_cb cb)
 {
     sg_tls_stream_t *s = T(base);
     if (!s->handshake_done || s->failed || base->closing) return UV_ENOTCONN;
-    size_t total = 0, unflushed = 0;
+    size_t total = 0, unflushed = 0, rec_len = 0;
+    size_t rec_max = s->offloaded ? sg_tls__tx_record_max(s) : SG_TLS_MAX_PLAINTEXT;
+    uv_buf_t pieces[SG_TLS_GATHER_MAX];
+    unsigned n_pieces = 0;
+    int rc;
     w->stream = base;
     w->cb = cb;
     for (unsigned i = 0; i < n; i++) {
         const char *p = bufs[i].base;
         size_t left = bufs[i].len;
+        total += left;
         while (left) {
-            size_t k = left < SG_TLS_MAX_PLAINTEXT ? left : SG_TLS_MAX_PLAINTEXT;
-            if (unflushed >= SG_TLS_FLUSH_BYTES) {
-                int rc = sg_tls__flush_tx(s, NULL);
-                if (rc) return rc; /* what was submitted completes on its own */
-                unflushed = 0;
-            }
-            int failed;
-            if (s->offloaded) {
-                failed = sg_tls__tx_seal(s, SG_TLS_CT_APPLICATION_DATA, p, k) != 0;
-            } else {
-                clear_ssl_errors();
-                failed = SSL_write(s->ssl, p, (int)k) <= 0;
-            }
-            if (failed) {
-                sg_tls__flush_tx(s, NULL);
-                return UV_EPROTO;
-            }
+            size_t k = left < rec_max - rec_len ? left : rec_max - rec_len;
+            pieces[n_pieces++] = uv_buf_init((char *)p, (unsigned)k);
+            rec_len += k;
             p += k;
             left -= k;
-            unflushed += k;
+            if (rec_len < rec_max && n_pieces < SG_TLS_GATHER_MAX) continue;
+            if ((rc = write_record(s, pieces, n_pieces, rec_len, &unflushed)) != 0) return rc;
+            rec_len = 0;
+            n_pieces = 0;
         }
-        total += bufs[i].len;
     }
+    if (n_pieces && (rc = write_record(s, pieces, n_pieces, rec_len, &unflushed)) != 0) return rc;
     w->bytes = total;
     if (!s->tx_cur && !s->n_tx_ready) {
         /* Nothing to send (empty write): complete it from the loop anyway by
@@ -411,7 +453,7 @@ static int tls_write(sg_stream_t *base, sg_stream_write_t *w, const uv_buf_t *bu
         sg_tls__tx_push(s);
     }
     base->write_queue_bytes += total;
-    int rc = sg_tls__flush_tx(s, w);
+    rc = sg_tls__flush_tx(s, w);
     if (rc) {
         base->write_queue_bytes -= total;
         return rc;
@@ -430,8 +472,9 @@ static int tls_shutdown(sg_stream_t *base, sg_stream_shutdown_cb cb)
 {
     sg_tls_stream_t *s = T(base);
     if (s->handshake_done && !s->failed && s->offloaded) {
-        static const char close_notify[2] = {1, SG_TLS_ALERT_CLOSE_NOTIFY};
-        if (sg_tls__tx_seal(s, SG_TLS_CT_ALERT, close_notify, sizeof(close_notify)) == 0)
+        static char close_notify[2] = {1, SG_TLS_ALERT_CLOSE_NOTIFY};
+        const uv_buf_t alert = uv_buf_init(close_notify, sizeof(close_notify));
+        if (sg_tls__tx_seal_v(s, SG_TLS_CT_ALERT, &alert, 1, alert.len) == 0)
             sg_tls__flush_tx(s, NULL);
     } else if (s->handshake_done && !s->failed) {
         clear_ssl_errors();

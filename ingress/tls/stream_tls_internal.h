@@ -96,9 +96,14 @@ int sg_tls__bio_attach(sg_tls_stream_t *s);
 /* Frees the SSL object and continues with record.c when everything it
  * needs is known; otherwise leaves the connection with OpenSSL. */
 void sg_tls__offload(sg_tls_stream_t *s);
-/* Seals len bytes of content `type` into the pending ciphertext, as many
- * records as it takes. Returns 0 or -1. */
-int sg_tls__tx_seal(sg_tls_stream_t *s, uint8_t type, const char *data, size_t len);
+/* The most plaintext one record may carry here: a full TLS record, unless
+ * the pool's buffers are too small to hold one. */
+size_t sg_tls__tx_record_max(const sg_tls_stream_t *s);
+/* Seals the n pieces (len bytes in all, at most sg_tls__tx_record_max) of
+ * content `type` into the pending ciphertext as one record. Returns 0 or
+ * -1. */
+int sg_tls__tx_seal_v(sg_tls_stream_t *s, uint8_t type, const uv_buf_t *pieces, unsigned n,
+                      size_t len);
 /* Opens the complete records in rx and hands the plaintext to the owner
  * while it reads; alerts and KeyUpdate are handled here. */
 void sg_tls__records_in(sg_tls_stream_t *s);

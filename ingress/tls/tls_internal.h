@@ -124,6 +124,11 @@ int sg_tls__rec_update(sg_tls_rec_t *r, sg_tls_dir_t *d);
  * at out (len + SG_TLS_RECORD_OVERHEAD bytes; in and out must not overlap).
  * Returns the record's length, or 0 on failure. */
 size_t sg_tls__rec_seal(sg_tls_rec_t *r, uint8_t type, const uint8_t *in, size_t len, uint8_t *out);
+/* The same for content gathered from n_in pieces (their total at most
+ * SG_TLS_MAX_PLAINTEXT), sealed in place as one record: a response head and
+ * the body bytes that follow it cost the peer one record, not two. */
+size_t sg_tls__rec_seal_v(sg_tls_rec_t *r, uint8_t type, const uv_buf_t *in, unsigned n_in,
+                          uint8_t *out);
 /* Opens the record at rec (header included, rec_len = 5 + its length) into
  * out (room for rec_len - 5 - 16 bytes): *type and *out_len describe the
  * content without padding. Returns 0 or the alert to send (SG_TLS_ALERT_). */

@@ -230,6 +230,37 @@ def test_whole_reads_go_out_as_full_size_records(tls_sg, backends):
         assert len(shrunken) <= 2, c.records
 
 
+@pytest.mark.parametrize("shape", ["content-length", "chunked"])
+def test_small_response_is_one_record(tls_sg, backends, shape):
+    """A response whose head and body come from the sandbox in one read
+    leaves in one TLS record, head and body sealed together (a record per
+    buffer made two or more, and a client that opens one record per wake-up
+    waited a turn of its event loop for the body). Chunked: the relayed
+    chunk's framing and data, and the last-chunk marker, share it too."""
+    a, _ = backends
+    sg = tls_sg
+    body = b"x" * 100
+    if shape == "chunked":
+        raw = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"64\r\n" + body + b"\r\n0\r\n\r\n")
+    else:
+        raw = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + body
+
+    def whole(backend, req):
+        req.send(raw)  # one send: one read at the proxy
+        return True
+
+    a.route("/whole", whole)
+    with OsslConn(sg.tls_port, "%d-abc.sandbox.test" % a.port, record_sizes=True) as c:
+        host = sg.tls_host(a.port)
+        assert c.request("GET", "/whole", host).body == body  # tickets come with the first
+        for _ in range(3):
+            c.records.clear()
+            r = c.request("GET", "/whole", host)
+            assert r.status == 200 and r.body == body
+            assert len(c.records) == 1, c.records
+
+
 def test_tampered_record_gets_an_alert_and_close(tls_sg, backends):
     a, _ = backends
     sg = tls_sg

@@ -216,6 +216,44 @@ static void test_every_suite_both_ways(void **state)
     }
 }
 
+/* A record gathered from pieces (empty ones included, sizes that split
+ * AES blocks) is one record that OpenSSL's client opens to their
+ * concatenation, in every suite. */
+static void test_gathered_record_is_one_record(void **state)
+{
+    static uint8_t data[SG_TLS_MAX_PLAINTEXT], got[SG_TLS_MAX_PLAINTEXT];
+    static uint8_t rec[SG_TLS_MAX_PLAINTEXT + SG_TLS_RECORD_OVERHEAD];
+    static const size_t cuts[][5] = {{247, 100, 0, 0, 0},
+                                     {0, 1, 15, 17, 33},
+                                     {5, 0, 16000, 0, 379},
+                                     {SG_TLS_MAX_PLAINTEXT - 2, 2, 0, 0, 0}};
+    for (size_t i = 0; i < sizeof(data); i++) data[i] = (uint8_t)(i * 13 + 1);
+    for (int s = 0; s < 3; s++) {
+        pair_t p;
+        pair_open(&p, suite_names[s], 0, 0);
+        for (size_t c = 0; c < sizeof(cuts) / sizeof(cuts[0]); c++) {
+            uv_buf_t pieces[5];
+            size_t off = 0;
+            for (int k = 0; k < 5; k++) {
+                pieces[k] = uv_buf_init((char *)data + off, (unsigned)cuts[c][k]);
+                off += cuts[c][k];
+            }
+            size_t w = sg_tls__rec_seal_v(&p.rec, SG_TLS_CT_APPLICATION_DATA, pieces, 5, rec);
+            assert_int_equal(w, off + SG_TLS_RECORD_OVERHEAD);
+            assert_int_equal(rec_len_at(rec), w);
+            assert_int_equal(BIO_write(p.c_in, rec, (int)w), (int)w);
+            /* one record: one SSL_read returns all of it */
+            assert_int_equal(SSL_read(p.c, got, sizeof(got)), (int)off);
+            assert_memory_equal(got, data, off);
+        }
+        uv_buf_t too_much[2] = {uv_buf_init((char *)data, SG_TLS_MAX_PLAINTEXT),
+                                uv_buf_init((char *)data, 1)};
+        assert_int_equal(sg_tls__rec_seal_v(&p.rec, SG_TLS_CT_APPLICATION_DATA, too_much, 2, rec),
+                         0);
+        pair_close(&p);
+    }
+}
+
 static void test_padded_records(void **state)
 {
     pair_t p;
@@ -329,6 +367,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_suite_both_ways),
+        cmocka_unit_test(test_gathered_record_is_one_record),
         cmocka_unit_test(test_padded_records),
         cmocka_unit_test(test_key_updates_both_ways),
         cmocka_unit_test(test_tampered_and_malformed_records),
