@@ -24,6 +24,8 @@ Environment:
   BENCH_PERF=a,b          only a perf cpu-clock profile of sandgate on these
                           scenario keys (no table; wants an idle machine):
                           results/profile-perf[-callers]-<key>.txt
+  BENCH_PERF_PROXY=name   profile this proxy instead (nginx-best, haproxy...):
+                          results/profile-perf[-callers]-<key>-<name>.txt
   BENCH_QUIET_WAIT=S      wait up to S seconds for other load on the machine to
                           stop before starting (default 180; a third of it
                           before each scenario)
@@ -1070,7 +1072,9 @@ def perf_profile(work, boxes, certs, ids_file, shim, scen, suffix=""):
     """sandgate under perf (cpu-clock sampling) on one scenario; writes
     results/profile-perf<suffix>.txt and profile-perf-callers<suffix>.txt."""
     outdir = os.path.join(HERE, "results")
-    name = "sandgate"
+    name = os.environ.get("BENCH_PERF_PROXY", "sandgate")
+    if name != "sandgate":
+        suffix += "-" + name
     summary = []
     port = PORTS[name][1 if scen["tls"] else 0]
     # perf: software clock sampling works in VMs without hardware counters
@@ -1078,21 +1082,22 @@ def perf_profile(work, boxes, certs, ids_file, shim, scen, suffix=""):
     try:
         run_wrk(port, scen, ids_file, 2, shim)
         pdata = os.path.join(work, "perf.data")
-        pr = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "2000", "-g", "-o", pdata, "-p",
-                               str(proc.p.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        pr = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "4000", "-g", "-o", pdata, "-p",
+                               ",".join(map(str, proc.pids()))], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
         time.sleep(0.5)
         res = run_wrk(port, scen, ids_file, 5, shim)
         pr.send_signal(signal.SIGINT)
         pr.wait(timeout=30)
         rep = subprocess.run(["perf", "report", "-i", pdata, "--stdio", "--no-children", "--sort", "dso,symbol",
-                              "-g", "none", "--percent-limit", "0.3"], capture_output=True, text=True)
+                              "-n", "-g", "none", "--percent-limit", "0.3"], capture_output=True, text=True)
         rep_dso = subprocess.run(["perf", "report", "-i", pdata, "--stdio", "--no-children", "--sort", "dso",
-                                  "-g", "none"], capture_output=True, text=True)
+                                  "-n", "-g", "none"], capture_output=True, text=True)
         rep_callers = subprocess.run(["perf", "report", "-i", pdata, "--stdio", "--no-children", "--sort",
                                       "symbol", "-G", "--percent-limit", "2"], capture_output=True, text=True)
         if rep.returncode == 0 and "Samples" in rep.stdout:
             with open(os.path.join(outdir, "profile-perf%s.txt" % suffix), "w") as f:
-                f.write("# sandgate, %s, %d requests in 5 s under perf\n" % (scen["title"], res["requests"]))
+                f.write("# %s, %s, %d requests in 5 s under perf\n" % (name, scen["title"], res["requests"]))
                 f.write(rep_dso.stdout + "\n" + rep.stdout)
             with open(os.path.join(outdir, "profile-perf-callers%s.txt" % suffix), "w") as f:
                 f.write(rep_callers.stdout)
