@@ -9,6 +9,7 @@ import ctypes.util
 import hashlib
 import os
 import socket
+import ssl
 import struct
 import subprocess
 import threading
@@ -259,6 +260,32 @@ def test_small_response_is_one_record(tls_sg, backends, shape):
             r = c.request("GET", "/whole", host)
             assert r.status == 200 and r.body == body
             assert len(c.records) == 1, c.records
+
+
+@pytest.mark.parametrize("version", ["TLSv1.2", "TLSv1.3"])
+def test_gathered_records_across_record_boundaries(tls_sg, ca, backends, version):
+    """Head and body gathered into records that end mid-buffer: a 40,000
+    byte body behind its head in one read makes records of 16 KiB cut across
+    both buffers. TLS 1.2 keeps OpenSSL's record layer, which takes one
+    buffer per record (the pieces are copied into one first); TLS 1.3 seals
+    them in place. Either way every byte arrives, in order."""
+    a, _ = backends
+    sg = tls_sg
+    body = os.urandom(40000)
+    raw = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+
+    def whole(backend, req):
+        req.send(raw)
+        return True
+
+    a.route("/big-whole", whole)
+    tls_version = getattr(ssl.TLSVersion, version.replace(".", "_"))
+    ctx = ca.client_context(minimum=tls_version, maximum=tls_version)
+    with TlsConn(sg.tls_port, ctx, "%d-abc.sandbox.test" % a.port) as c:
+        assert c.sock.version() == version
+        for _ in range(3):
+            r = c.request("GET", "/big-whole", host=sg.tls_host(a.port))
+            assert r.status == 200 and hashlib.sha256(r.body).digest() == hashlib.sha256(body).digest()
 
 
 def test_tampered_record_gets_an_alert_and_close(tls_sg, backends):
