@@ -288,10 +288,11 @@ typedef struct {
     int closed;
 } run_t;
 
-static void on_removed(void *ctx, const char *id)
+static void on_removed(void *ctx, const char *id, const struct sockaddr_storage *addr)
 {
     run_t *r = ctx;
     CHECK(id && id[0]);
+    CHECK(addr != NULL);
     r->removed++;
 }
 

@@ -24,7 +24,10 @@ LLHTTP_SRC=${LLHTTP_SRC:-/usr/share/llhttp}
 LLHTTP_INC=${LLHTTP_INC:-/usr/share/include/llhttp}
 
 # shellcheck disable=SC2054 # the commas belong to -fsanitize
+# The errors: a harness that drifts from an interface it calls through (a
+# hook's signature, a renamed function) must fail the build, not warn.
 CFLAGS=(-g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+    -Werror=incompatible-function-pointer-types -Werror=implicit-function-declaration
     -std=gnu11 -D_GNU_SOURCE -I"$ROOT/ingress" -I"$LLHTTP_INC")
 
 # Per-harness sources (relative to ingress/; "llhttp" = the three llhttp
