@@ -146,6 +146,7 @@ static void pump(sg_splice_t *sp)
                 sp->to_read -= (uint64_t)n;
                 sp->in_pipe += (size_t)n;
                 progressed = 1;
+                if (sp->to_read) sg_socket_ack_now(sp->from_fd);
             } else if (n == 0) {
                 sp->src_status = UV_EOF; /* early: what the pipe holds still goes out */
             } else if (errno != EAGAIN && errno != EINTR) {

@@ -96,6 +96,20 @@ void sg_stream__preamble_free(sg_stream_t *s);
 extern const sg_stream_ops_t sg_stream_tcp_ops;
 int sg_stream_tcp_init(sg_stream_t *s, uv_loop_t *loop, sg_buf_pool_t *pool);
 
+/* Sends now the ACK the kernel owes for bytes already read, instead of at
+ * the delayed-ACK timer. For whoever reads a large body that continues:
+ * Linux judges a connection that sends right after it receives (request
+ * after response) interactive and delays its ACKs, up to 40 ms, to ride on
+ * the next reply. A body in flight has no reply, and its sender, held by a
+ * receive window that only this ACK reopens, stalls for the whole timer:
+ * that was the tail of the 1 MiB benchmark rows (p99 50-80 ms, TCP's
+ * DelayedACKs counter ~30/s). TCP_QUICKACK is not sticky (sending on the
+ * connection turns delaying back on), so callers repeat it after every
+ * read that leaves more of the body to come. Best effort: a failure only
+ * means the ACK waits as before. */
+void sg_socket_ack_now(int fd);
+void sg_stream_ack_now(sg_stream_t *s);
+
 /* Optional, once per loop, on the thread that runs it, before its first
  * stream (the queue is thread-local): lets writes that
  * the socket takes at once complete without a write request (their

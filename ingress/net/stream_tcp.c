@@ -2,8 +2,11 @@
 #include "net/stream.h"
 #include "net/turn_end.h"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 static void tcp_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *out)
 {
@@ -284,4 +287,16 @@ int sg_stream_tcp_init(sg_stream_t *s, uv_loop_t *loop, sg_buf_pool_t *pool)
     int rc = uv_tcp_init(loop, &s->tcp);
     s->tcp.data = s;
     return rc;
+}
+
+void sg_socket_ack_now(int fd)
+{
+    int on = 1;
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &on, sizeof on);
+}
+
+void sg_stream_ack_now(sg_stream_t *s)
+{
+    uv_os_fd_t fd;
+    if (!s->closing && uv_fileno((uv_handle_t *)&s->tcp, &fd) == 0) sg_socket_ack_now(fd);
 }

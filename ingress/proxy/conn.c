@@ -268,6 +268,15 @@ void sg_conn_send_error(sg_conn_t *c, sg_err_t err, const char *detail, int port
     sg_conn_arm_timer(c, SG_TIMER_FLUSH, c->w->config->timeouts.stream_idle_ms);
 }
 
+/* Called after bytes read from the client were taken in: while a request
+ * body continues past them, the kernel ACKs them now rather than at its
+ * delayed-ACK timer (sg_stream_ack_now says why that stalls uploads). */
+static void ack_if_body_continues(sg_conn_t *c)
+{
+    if (!c->closing && c->req.headers_done && !c->req.message_done && !c->req_broken)
+        sg_stream_ack_now(&c->client);
+}
+
 static void client_read_cb(sg_stream_t *s, ssize_t nread, sg_buf_t *buf)
 {
     sg_conn_t *c = s->data;
@@ -298,10 +307,12 @@ static void client_read_cb(sg_stream_t *s, ssize_t nread, sg_buf_t *buf)
         c->in_request = 1;
         sg_head_in_add(&c->req_in, buf, (size_t)nread);
         head_input(c);
+        ack_if_body_continues(c);
         return;
     case SG_CONN_PROXYING:
         if (!c->req_done && !c->req_broken && !c->inbuf.len) {
             sg_conn_feed_body(c, buf->data, (size_t)nread, buf);
+            ack_if_body_continues(c);
             return;
         }
         break;
@@ -316,6 +327,7 @@ static void client_read_cb(sg_stream_t *s, ssize_t nread, sg_buf_t *buf)
     }
     sg_strbuf_append(&c->inbuf, buf->data, (size_t)nread);
     sg_conn_update_reading(c);
+    ack_if_body_continues(c);
 }
 
 /* Body bytes of the current request: forwarded as they come, framed by the

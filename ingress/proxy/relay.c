@@ -541,6 +541,10 @@ void sg_relay_upstream_read_cb(sg_stream_t *s, ssize_t nread, sg_buf_t *buf)
     } else {
         response_body_input(c, buf->data, (size_t)nread, buf);
     }
+    /* A body continues past these bytes: ACK them now, not at the kernel's
+     * delayed-ACK timer (sg_stream_ack_now says why). */
+    if (!c->closing && c->up && c->res.headers_done && !c->res.message_done)
+        sg_stream_ack_now(&c->up->stream);
 }
 
 void sg_relay_tunnel_client_data(sg_conn_t *c, ssize_t nread, sg_buf_t *buf)

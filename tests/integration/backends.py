@@ -19,6 +19,12 @@ connection (id, peer port, raw bytes received) and answers on a few paths:
   /upload-watch                 reads the body, records start/end (EOF or
                                 complete) as events.
   /close-delimited?size=N       answers without length and closes.
+  /acked?size=N&piece=P&mode=cl|chunked
+                                sends N payload bytes in P-byte pieces, each
+                                only once the proxy has ACKed everything
+                                before it (TCP_INFO unacked == 0); records the
+                                waits (seconds, head first) as an "ack_waits"
+                                event.
 
 WsBackend is a websockets (asyncio) echo server run in its own thread.
 """
@@ -273,6 +279,8 @@ class RawBackend:
             return self.h_upload_watch(req)
         if p.startswith("/close-delimited"):
             return self.h_close_delimited(req)
+        if p.startswith("/acked"):
+            return self.h_acked(req)
         return self.h_echo(req)
 
     def echo_doc(self, req):
@@ -434,6 +442,37 @@ class RawBackend:
         req.respond(200, [], b"done %d" % n[0], reason="OK")
         return True
 
+    def h_acked(self, req):
+        req.hash_body()
+        size = int(req.query.get("size", "0"))
+        piece = int(req.query.get("piece", "65536"))
+        chunked = req.query.get("mode", "cl") == "chunked"
+        sock = req.conn.sock
+        waits = []
+
+        def send_acked(data):
+            sock.sendall(data)
+            t0 = time.monotonic()
+            while tcp_unacked(sock) and time.monotonic() - t0 < 2.0:
+                time.sleep(0.0002)
+            waits.append(time.monotonic() - t0)
+
+        framing = "Transfer-Encoding: chunked" if chunked else "Content-Length: %d" % size
+        send_acked(("HTTP/1.1 200 OK\r\n%s\r\n\r\n" % framing).encode())
+        sent = 0
+        for mv in iter_payload(size):
+            for off in range(0, len(mv), piece):
+                part = bytes(mv[off: off + piece])
+                sent += len(part)
+                if chunked:
+                    part = b"%x\r\n" % len(part) + part + b"\r\n" + (b"0\r\n\r\n" if sent == size else b"")
+                if sent == size:
+                    sock.sendall(part)  # the last piece's ACK may ride on the next request
+                else:
+                    send_acked(part)
+        self.event(kind="ack_waits", waits=waits)
+        return True
+
     def h_close_delimited(self, req):
         req.hash_body()
         size = int(req.query.get("size", "100000"))
@@ -441,6 +480,14 @@ class RawBackend:
         for mv in iter_payload(size):
             req.send(mv)
         return False
+
+
+def tcp_unacked(sock):
+    """Segments sent on sock and not yet acknowledged (struct tcp_info's
+    tcpi_unacked: seven u8 fields and a byte of bit fields, then u32 rto,
+    ato, snd_mss, rcv_mss, unacked)."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 32)
+    return struct.unpack_from("I", info, 24)[0]
 
 
 def backend_pair(addr_a="127.0.0.2", addr_b="127.0.0.3", names=("abc", "def")):
