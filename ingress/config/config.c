@@ -65,7 +65,7 @@ const sg_config__key_t sg_config__keys[] = {
     {"limits.max_header_size", SG_CONF_T_SIZE, SG_FIELD(max_header_bytes), "64KiB", 1024,
      1024 * 1024, 0, "request head size limit (431)"},
     {"limits.upstream_pool_idle_per_key", SG_CONF_T_UINT, SG_FIELD(upstream_pool_idle_per_key),
-     "16", 0, 4096, 0, "idle upstream connections kept per address:port, 0 = no pooling"},
+     "256", 0, 4096, 0, "idle upstream connections kept per address:port, 0 = no pooling"},
     {"tls.certificates", SG_CONF_T_CERTS, 0, 0, NULL, 0, 0, 0,
      "certificates for TLS listeners: {cert, key, default}"},
     {"tls.handshake_timeout", SG_CONF_T_DURATION, SG_FIELD(tls.handshake_timeout_ms), "10s", 1,

@@ -18,7 +18,8 @@ void sg_upstream_pool_init(sg_upstream_pool_t *pool, uv_loop_t *loop, sg_buf_poo
                                  .max_idle_per_key = max_idle_per_key,
                                  .idle_timeout_ms = idle_timeout_ms};
     pool->buckets = calloc(pool->n_buckets, sizeof(*pool->buckets));
-    if (!pool->buckets) abort();
+    pool->bucket_idle = calloc(pool->n_buckets, sizeof(*pool->bucket_idle));
+    if (!pool->buckets || !pool->bucket_idle) abort();
 }
 
 size_t sg_upstream_make_key(char *key, const struct sockaddr_storage *addr)
@@ -60,6 +61,7 @@ static void idle_unlink(sg_upstream_t *up)
         pool->buckets[up->bucket] = up->idle_next;
     if (up->idle_next) up->idle_next->idle_prev = up->idle_prev;
     up->idle_prev = up->idle_next = NULL;
+    pool->bucket_idle[up->bucket]--;
 }
 
 static void upstream_handle_closed(sg_upstream_t *up)
@@ -263,6 +265,21 @@ static void idle_timeout_cb(uv_timer_t *t)
     upstream_destroy(up);
 }
 
+/* Whether up's destination already has max_idle_per_key idle connections.
+ * A bucket holds one destination's connections nearly always, so its count
+ * answers without a walk below the limit; at the limit the walk stops as
+ * soon as the answer is known. */
+static int idle_key_full(const sg_upstream_pool_t *pool, const sg_upstream_t *up)
+{
+    if (pool->bucket_idle[up->bucket] < pool->max_idle_per_key) return 0;
+    size_t n = 0;
+    for (const sg_upstream_t *it = pool->buckets[up->bucket]; it; it = it->idle_next)
+        if (it->key_len == up->key_len && memcmp(it->key, up->key, up->key_len) == 0 &&
+            ++n >= pool->max_idle_per_key)
+            return 1;
+    return pool->max_idle_per_key == 0;
+}
+
 void sg_upstream_release(sg_upstream_t *up, int reusable)
 {
     sg_upstream_pool_t *pool = up->pool;
@@ -274,10 +291,7 @@ void sg_upstream_release(sg_upstream_t *up, int reusable)
         upstream_destroy(up);
         return;
     }
-    size_t n = 0;
-    for (sg_upstream_t *it = pool->buckets[up->bucket]; it; it = it->idle_next)
-        if (it->key_len == up->key_len && memcmp(it->key, up->key, up->key_len) == 0) n++;
-    if (n >= pool->max_idle_per_key) {
+    if (idle_key_full(pool, up)) {
         upstream_destroy(up);
         return;
     }
@@ -288,6 +302,7 @@ void sg_upstream_release(sg_upstream_t *up, int reusable)
     up->idle_next = pool->buckets[up->bucket];
     if (up->idle_next) up->idle_next->idle_prev = up;
     pool->buckets[up->bucket] = up;
+    pool->bucket_idle[up->bucket]++;
     if (sg_stream_read_start(&up->stream, idle_read_cb) != 0) {
         upstream_destroy(up);
         return;
@@ -303,7 +318,9 @@ void sg_upstream_pool_close(sg_upstream_pool_t *pool)
     for (size_t i = 0; i < pool->n_buckets; i++)
         while (pool->buckets[i]) upstream_destroy(pool->buckets[i]);
     free(pool->buckets);
+    free(pool->bucket_idle);
     pool->buckets = NULL;
+    pool->bucket_idle = NULL;
     pool->n_buckets = 0;
 }
 

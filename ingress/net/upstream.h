@@ -66,6 +66,7 @@ struct sg_upstream_pool_s {
     uv_loop_t *loop;
     sg_buf_pool_t *bufs;
     sg_upstream_t **buckets; /* idle lists */
+    size_t *bucket_idle;     /* connections on each idle list */
     size_t n_buckets;
     size_t max_idle_per_key;
     uint64_t idle_timeout_ms;

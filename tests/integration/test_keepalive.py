@@ -213,3 +213,26 @@ def test_request_retried_on_a_fresh_connection_carries_its_body(sandgate_factory
     assert doc["conn"] != r1.json()["conn"]  # answered on a fresh connection
     assert doc["body_len"] == len(body) and doc["body_sha256"] == hashlib.sha256(body).hexdigest(), doc
     assert len(be.find_events("request")) == 3  # the second request went twice
+
+
+def test_pool_keeps_every_connection_a_burst_needed(sg, backends):
+    """48 clients at once, twice: the second burst reuses the first's 48
+    upstream connections instead of reconnecting (an idle limit below the
+    burst closed the surplus and made every later burst churn)."""
+    a, _ = backends
+    n = 48
+    conns = [Conn(sg.port, timeout=20) for _ in range(n)]
+    try:
+        for burst in range(2):
+            # each response is held 0.3 s, so all n are in flight together
+            req = build_request("GET", "/download?size=10&chunk=5&gap=0.3&burst=%d" % burst, sg.host(a.port))
+            for c in conns:
+                c.send(req)
+            for c in conns:
+                r = c.read_response()
+                assert r.status == 200, r
+                assert len(r.body) == 10
+            assert len(a.conns) == n, "burst %d: %d upstream connections for %d clients" % (burst, len(a.conns), n)
+    finally:
+        for c in conns:
+            c.close()

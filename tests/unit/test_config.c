@@ -178,7 +178,7 @@ static void check_defaults(const sg_config_t *c)
     assert_int_equal(c->timeouts.stream_idle_ms, 600000);
     assert_int_equal(c->timeouts.upstream_idle_ms, 60000);
     assert_int_equal(c->max_header_bytes, 65536);
-    assert_int_equal(c->upstream_pool_idle_per_key, 16);
+    assert_int_equal(c->upstream_pool_idle_per_key, 256);
     assert_int_equal(c->tls.n_certs, 0);
     assert_null(c->tls.certs);
     assert_int_equal(c->tls.handshake_timeout_ms, 10000);

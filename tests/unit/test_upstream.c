@@ -42,6 +42,7 @@ typedef struct {
     int connected, connect_status;
     sg_upstream_t *up;
     int writes_done, write_status;
+    sg_counter_t want_open; /* open_is's condition */
 } fixture_t;
 
 static void limit_cb(uv_timer_t *t)
@@ -266,6 +267,84 @@ static void test_idle_timeout_closes_and_taking_keeps_it_open(void **state)
     teardown_fixture(&f);
 }
 
+static int open_is(void *arg)
+{
+    fixture_t *f = arg;
+    return f->pool.stats.open == f->want_open;
+}
+
+/* Releases n fresh connections to the fixture's current destination. */
+static void release_fresh(fixture_t *f, int n, int *servers)
+{
+    sg_upstream_t *ups[8];
+    assert_true(n <= 8);
+    for (int i = 0; i < n; i++) ups[i] = connect_new(f, &servers[i]);
+    for (int i = 0; i < n; i++) sg_upstream_release(ups[i], 1);
+}
+
+static void test_idle_limit_is_per_destination(void **state)
+{
+    (void)state;
+    fixture_t f;
+    setup_fixture(&f, 60000);
+    /* One bucket for every destination: the limit must count this
+     * destination's connections, not the bucket's. */
+    size_t buckets = f.pool.n_buckets;
+    f.pool.n_buckets = 1;
+    int a_servers[6], b_servers[2];
+    release_fresh(&f, 6, a_servers); /* limit 4: two are closed */
+    f.want_open = 4;
+    run_until(&f, open_is, &f);
+    assert_int_equal(f.pool.stats.open, 4);
+
+    /* a second destination, same bucket, still pools */
+    fixture_t a = f;
+    f.listen_fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in *sin = (struct sockaddr_in *)&f.addr;
+    sin->sin_port = 0;
+    socklen_t len = sizeof(*sin);
+    assert_int_equal(bind(f.listen_fd, (struct sockaddr *)sin, sizeof(*sin)), 0);
+    assert_int_equal(listen(f.listen_fd, 8), 0);
+    assert_int_equal(getsockname(f.listen_fd, (struct sockaddr *)sin, &len), 0);
+    f.key_len = sg_upstream_make_key(f.key, &f.addr);
+    release_fresh(&f, 2, b_servers);
+    f.want_open = 6;
+    run_until(&f, open_is, &f);
+    sg_upstream_t *b1 = NULL, *b2 = NULL, *b3 = NULL;
+    assert_int_equal(take_pooled(&f, &b1), 1);
+    assert_int_equal(take_pooled(&f, &b2), 1);
+    assert_int_equal(take_pooled(&f, &b3), 0);
+    sg_upstream_release(b1, 1);
+    sg_upstream_release(b2, 1);
+    close(f.listen_fd);
+
+    /* taking from the full destination frees its places, and releasing
+     * fills them again: the count follows both ways */
+    memcpy(f.key, a.key, sizeof(f.key));
+    f.key_len = a.key_len;
+    f.addr = a.addr;
+    f.listen_fd = a.listen_fd;
+    sg_upstream_t *taken[4];
+    for (int i = 0; i < 4; i++) assert_int_equal(take_pooled(&f, &taken[i]), 1);
+    sg_upstream_t *extra = NULL;
+    assert_int_equal(take_pooled(&f, &extra), 0);
+    for (int i = 0; i < 4; i++) {
+        sg_stream_read_stop(&taken[i]->stream);
+        sg_upstream_release(taken[i], 1);
+    }
+    for (int i = 0; i < 4; i++) assert_int_equal(take_pooled(&f, &taken[i]), 1);
+    for (int i = 0; i < 4; i++) {
+        sg_stream_read_stop(&taken[i]->stream);
+        sg_upstream_release(taken[i], 1);
+    }
+    f.want_open = 6;
+    run_until(&f, open_is, &f);
+    for (int i = 0; i < 6; i++) close(a_servers[i]);
+    for (int i = 0; i < 2; i++) close(b_servers[i]);
+    f.pool.n_buckets = buckets; /* restored: only bucket 0 was used */
+    teardown_fixture(&f);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -274,6 +353,7 @@ int main(void)
         cmocka_unit_test(test_unsent_bytes_close_instead_of_pooling),
         cmocka_unit_test(test_idle_connection_closed_by_sandbox_leaves_pool),
         cmocka_unit_test(test_idle_timeout_closes_and_taking_keeps_it_open),
+        cmocka_unit_test(test_idle_limit_is_per_destination),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
