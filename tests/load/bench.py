@@ -99,6 +99,8 @@ SCENARIOS = [
     # key, title, tls, path, connections, Connection: close, resume
     dict(key="ka_http", title="keep-alive 100 B, HTTP", tls=False, path="/small", conns=64,
          close=False, direct=True, two_workers=True),
+    dict(key="ka_http_256", title="keep-alive 100 B, HTTP, 256 connections", tls=False, path="/small",
+         conns=256, close=False, direct=True),
     dict(key="ka_https", title="keep-alive 100 B, HTTPS", tls=True, path="/small", conns=64,
          close=False),
     dict(key="conn_tls_resumed", title="new TLS conn per request, resumed", tls=True,
