@@ -32,12 +32,28 @@ sg_buf_t *sg_buf_alloc(sg_buf_pool_t *pool)
         if (!b) abort();
         b->cap = pool->buf_size;
         b->pool = pool;
-        pool->n_allocs++;
+        sg_counter_inc(&pool->n_allocs);
     }
     b->refs = 1;
     b->next_free = NULL;
-    pool->n_live++;
+    if (++pool->n_live > pool->peak_live) pool->peak_live = pool->n_live;
     return b;
+}
+
+size_t sg_buf_pool_trim(sg_buf_pool_t *pool, size_t min_free)
+{
+    size_t keep = pool->peak_live > pool->n_live ? pool->peak_live - pool->n_live : 0;
+    if (keep < min_free) keep = min_free;
+    size_t freed = 0;
+    while (pool->n_free > keep) {
+        sg_buf_t *b = pool->free_list;
+        pool->free_list = b->next_free;
+        pool->n_free--;
+        free(b);
+        freed++;
+    }
+    pool->peak_live = pool->n_live;
+    return freed;
 }
 
 void sg_buf_unref(sg_buf_t *b)

@@ -172,6 +172,12 @@ void sg_metrics_render(const sg_worker_t *w, unsigned n, int draining, sg_strbuf
     sg_strbuf_appendf(o, "sandgate_spliced_request_bytes_total %llu\n",
                       (unsigned long long)W(stats.bytes_spliced_in));
 
+    header(o, "sandgate_buffer_allocations_total", "counter",
+           "64 KiB I/O buffers taken from the heap. Buffers are recycled per worker, so this stays "
+           "flat under steady load; it grows with the peak of buffers in use at once.");
+    sg_strbuf_appendf(o, "sandgate_buffer_allocations_total %llu\n",
+                      (unsigned long long)W(bufs.n_allocs));
+
     histogram(o, w, n, "sandgate_first_byte_seconds",
               "From request head to the sandbox's response head.",
               offsetof(sg_worker_t, stats.first_byte_hist),

@@ -171,10 +171,20 @@ static void qsbr_check_cb(uv_check_t *h)
 
 static void drain_tick(sg_worker_t *w);
 
+/* The read-buffer pool keeps what the last bursts needed (up to
+ * SG_BUF_POOL_MAX_FREE) and gives back the rest every SG_BUF_TRIM_TICKS. */
+#define SG_BUF_POOL_MAX_FREE 4096
+#define SG_BUF_POOL_MIN_FREE 16
+#define SG_BUF_TRIM_TICKS 100 /* of qsbr_tick's 100 ms: 10 s */
+
 static void qsbr_tick_cb(uv_timer_t *t)
 {
     sg_worker_t *w = t->data;
     if (w->draining) drain_tick(w);
+    if (++w->buf_trim_ticks >= SG_BUF_TRIM_TICKS) {
+        w->buf_trim_ticks = 0;
+        sg_buf_pool_trim(&w->bufs, SG_BUF_POOL_MIN_FREE);
+    }
 }
 
 int sg_worker_init(sg_worker_t *w, unsigned index, sg_snapshot_t *snap, const sg_shared_t *shared)
@@ -190,7 +200,7 @@ int sg_worker_init(sg_worker_t *w, unsigned index, sg_snapshot_t *snap, const sg
     int rc = uv_loop_init(&w->loop);
     if (rc) return rc;
     w->loop.data = w;
-    sg_buf_pool_init(&w->bufs, SG_READ_BUF_SIZE, 256);
+    sg_buf_pool_init(&w->bufs, SG_READ_BUF_SIZE, SG_BUF_POOL_MAX_FREE);
     sg_splice_pool_init(&w->splices, &w->loop);
     sg_upstream_pool_init(&w->upstreams, &w->loop, &w->bufs, config->upstream_pool_idle_per_key,
                           config->timeouts.upstream_idle_ms);

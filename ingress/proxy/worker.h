@@ -110,7 +110,8 @@ struct sg_worker_s {
     sg_shared_t shared;
     sg_qsbr_reader_t qsbr_reader;
     uv_check_t qsbr_check;
-    uv_timer_t qsbr_tick; /* keeps an idle loop iterating so frees are not held back */
+    uv_timer_t qsbr_tick;    /* keeps an idle loop iterating so frees are not held back */
+    unsigned buf_trim_ticks; /* qsbr_tick firings since the buffer pool was trimmed */
     /* sandboxes whose connections must be cut (admin DELETE), posted by main */
     sg_worker_kill_t kills[SG_KILL_QUEUE];
     size_t n_kills;

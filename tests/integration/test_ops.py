@@ -617,6 +617,7 @@ REQUIRED_FAMILIES = {
     "sandgate_tls_early_input_refused_total": "counter",
     "sandgate_bytes_total": "counter",
     "sandgate_spliced_bytes_total": "counter",
+    "sandgate_buffer_allocations_total": "counter",
     "sandgate_first_byte_seconds": "histogram",
     "sandgate_request_duration_seconds": "histogram",
     "sandgate_workers": "gauge",
@@ -630,6 +631,41 @@ def series_delta(before, after):
     for k, v in after.series.items():
         out[k] = v - before.series.get(k, 0)
     return out
+
+
+def test_warm_connections_take_no_buffers_from_the_heap(ops_factory, backends):
+    """Once the worker's buffer pool has what a load needs, the same load
+    again allocates nothing: reads, forwarded bodies and chunked responses
+    all run on recycled buffers (sandgate_buffer_allocations_total flat)."""
+    a, _ = backends
+    sg = ops_factory(ops_config(workers=1))
+    settle(sg)
+    h = host_for(sg, a.port)
+    conns = [Conn(sg.port) for _ in range(4)]
+
+    def load(rounds):
+        for i in range(rounds):
+            for j, c in enumerate(conns):
+                if j == 0:
+                    r = c.request("POST", "/echo?i=%d" % i, host=h, body=b"b" * 20000)
+                elif j == 1:
+                    r = c.request("GET", "/download?size=30000&mode=chunked&chunk=7000", host=h)
+                else:
+                    r = c.request("GET", "/echo?i=%d" % i, host=h)
+                assert r.status == 200, r
+
+    try:
+        load(5)
+        warm = sg.wait_metric("sandgate_requests_total", {}, lambda v: v >= 20)
+        allocs0 = parse_prometheus(sg.metrics_text()).value("sandgate_buffer_allocations_total")
+        assert allocs0 > 0
+        load(50)
+        sg.wait_metric("sandgate_requests_total", {}, lambda v: v >= warm + 200)
+        allocs1 = parse_prometheus(sg.metrics_text()).value("sandgate_buffer_allocations_total")
+        assert allocs1 == allocs0, "200 warm requests took %d buffers from the heap" % (allocs1 - allocs0)
+    finally:
+        for c in conns:
+            c.close()
 
 
 def test_metrics_exposition_counts_the_requests_made(ops_factory, backends):
